@@ -1,0 +1,52 @@
+# llc: the local learning coefficient of Tracr-compiled transformers.
+# Building needs only a C99 compiler and libm; `cc -O2 -o llc llc.c -lm` works too.
+
+CC ?= cc
+CFLAGS ?= -O2
+WARN = -std=c99 -Wall -Wextra
+# Optional flags, each used only when the compiler accepts it: -march=native
+# turns on the AVX2/FMA matmul kernel, -pthread runs SGLD chains in parallel.
+NATIVE := $(shell echo 'int main(void){return 0;}' | $(CC) -march=native -x c -o /dev/null - 2>/dev/null && echo -march=native)
+PTHREAD := $(shell echo 'int main(void){return 0;}' | $(CC) -pthread -x c -o /dev/null - 2>/dev/null && echo -pthread)
+ALL_CFLAGS = $(WARN) $(CFLAGS) $(NATIVE) $(PTHREAD)
+LDLIBS = -lm
+
+# make DOUBLE=1 builds llc64, the same program with float64 arithmetic.
+ifeq ($(DOUBLE),1)
+all: llc64
+else
+all: llc
+endif
+
+llc: llc.c llc.h
+	$(CC) $(ALL_CFLAGS) -o $@ llc.c $(LDLIBS)
+
+llc64: llc.c llc.h
+	$(CC) $(ALL_CFLAGS) -DLLC_DOUBLE -o $@ llc.c $(LDLIBS)
+
+tests/test_llc: tests/test_llc.c llc.c llc.h
+	$(CC) $(ALL_CFLAGS) -o $@ tests/test_llc.c $(LDLIBS)
+
+tests/test_llc64: tests/test_llc.c llc.c llc.h
+	$(CC) $(ALL_CFLAGS) -DLLC_DOUBLE -o $@ tests/test_llc.c $(LDLIBS)
+
+# The main job on a shipped model: size, sparsity and LLC of `sort` at max_seq_len 5.
+MODEL ?= tracr_weights/sort_n5.llcw
+run: llc
+	./llc info $(MODEL)
+	./llc estimate $(MODEL) --json llc_result.json --trace llc_trace.csv
+
+test: llc llc64 tests/test_llc tests/test_llc64
+	sh tests/run
+
+# Regenerates the shipped models (nine programs at max_seq_len 5 and 10).
+PROGRAMS = length frac_prevs sort sort_unique hist sort_freq pair_balance dyck-2 dyck-3
+weights:
+	for p in $(PROGRAMS); do for n in 5 10; do \
+	  python3 tracr_weights/compile.py $$p --max-seq-len $$n -o tracr_weights/$${p}_n$$n.llcw || exit 1; \
+	done; done
+
+clean:
+	rm -f llc llc64 tests/test_llc tests/test_llc64 llc_result.json llc_trace.csv
+
+.PHONY: all run test weights clean

@@ -1,0 +1,2984 @@
+/*
+ * llc.c: the Local Learning Coefficient (LLC) of Tracr-compiled transformers,
+ * estimated with SGLD as devinterp does, in one C99 file with libc and libm.
+ *
+ * The file reads in the order data flows: utilities, random numbers, matrix
+ * multiplication, the weight file, the model's forward pass, its backward
+ * pass, losses and datasets, the SGLD estimator, and the command line.
+ * Shapes use R = rows (token positions of a batch, laid end to end),
+ * D = d_model, HK = n_heads * d_head, M = d_mlp, O = n_outputs, T = tokens of
+ * one sequence including BOS.
+ *
+ * Build: cc -O2 -o llc llc.c -lm     (tests compile it with -DLLC_TESTING,
+ * which leaves out main)
+ */
+#define _POSIX_C_SOURCE 200809L
+#define _FILE_OFFSET_BITS 64
+
+#include "llc.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <float.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include <unistd.h>
+
+#if !defined(LLC_NO_THREADS)
+#define LLC_THREADS 1
+#include <pthread.h>
+#else
+#define LLC_THREADS 0
+#endif
+
+/* ---------------------------------------------------------------------------
+ * Utilities: fail-fast allocation, time, interrupts, atomic output files
+ * ------------------------------------------------------------------------- */
+
+#define LLC_PI 3.14159265358979323846
+
+static const char *g_program = "llc";   /* prefix of every message, e.g. "llc estimate" */
+static int g_quiet = 0;                 /* no progress lines on stderr */
+
+static void die(const char *fmt, ...) {
+    va_list ap;
+    fprintf(stderr, "%s: ", g_program);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    exit(1);
+}
+
+static void warn(const char *fmt, ...) {
+    va_list ap;
+    fprintf(stderr, "%s: warning: ", g_program);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+static void progress(const char *fmt, ...) {
+    va_list ap;
+    if (g_quiet) return;
+    fprintf(stderr, "%s: ", g_program);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+static void *xmalloc(size_t n, const char *what) {
+    void *p = malloc(n ? n : 1);
+    if (!p) die("out of memory allocating %zu bytes for %s", n, what);
+    return p;
+}
+
+static void *xcalloc(size_t count, size_t size, const char *what) {
+    void *p;
+    if (size && count > SIZE_MAX / size) die("size overflow allocating %s", what);
+    p = calloc(count ? count : 1, size ? size : 1);
+    if (!p) die("out of memory allocating %zu bytes for %s", count * size, what);
+    return p;
+}
+
+static char *xstrdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *p = xmalloc(n, "a string");
+    memcpy(p, s, n);
+    return p;
+}
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Set by SIGINT; long loops finish their current step and stop. */
+static volatile sig_atomic_t g_interrupted = 0;
+
+static void on_sigint(int sig) {
+    (void)sig;
+    g_interrupted = 1;
+    signal(SIGINT, SIG_DFL);   /* a second Ctrl-C kills at once */
+}
+
+static void install_sigint_handler(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigint;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+}
+
+/* An output file written under a temporary name and renamed over the final
+ * path on commit, so readers never see a half-written file and a failure
+ * leaves the previous file in place. */
+typedef struct {
+    FILE *f;
+    char *path;
+    char *tmp_path;
+} AtomicFile;
+
+static int atomic_open(AtomicFile *af, const char *path) {
+    size_t n = strlen(path) + 32;
+    af->path = xstrdup(path);
+    af->tmp_path = xmalloc(n, "a file name");
+    snprintf(af->tmp_path, n, "%s.tmp%ld", path, (long)getpid());
+    af->f = fopen(af->tmp_path, "wb");
+    if (!af->f) {
+        fprintf(stderr, "%s: cannot write %s: %s\n", g_program, path, strerror(errno));
+        free(af->path);
+        free(af->tmp_path);
+        return -1;
+    }
+    return 0;
+}
+
+static void atomic_abort(AtomicFile *af) {
+    if (af->f) fclose(af->f);
+    remove(af->tmp_path);
+    free(af->path);
+    free(af->tmp_path);
+    af->f = NULL;
+}
+
+static int atomic_commit(AtomicFile *af) {
+    int failed = ferror(af->f) != 0;
+    failed |= fflush(af->f) != 0;
+    failed |= fclose(af->f) != 0;
+    af->f = NULL;
+    if (!failed && rename(af->tmp_path, af->path) != 0) failed = 1;
+    if (failed) {
+        fprintf(stderr, "%s: cannot write %s: %s\n", g_program, af->path, strerror(errno));
+        remove(af->tmp_path);
+    }
+    free(af->path);
+    free(af->tmp_path);
+    return failed ? -1 : 0;
+}
+
+/* A streaming JSON writer with two-space indentation. Non-finite numbers
+ * are written as null, because JSON has no NaN or infinity. */
+typedef struct {
+    FILE *f;
+    int depth;
+    int has_items[64];   /* per nesting level: an item was written, so the next needs a comma */
+    int inline_depth;    /* arrays from this depth on stay on one line; 0 = none */
+} Json;
+
+static void json_init(Json *j, FILE *f) {
+    memset(j, 0, sizeof *j);
+    j->f = f;
+}
+
+static void json_item(Json *j, const char *key) {
+    int on_one_line = j->inline_depth && j->depth >= j->inline_depth;
+    if (j->has_items[j->depth]) fputc(',', j->f);
+    if (j->depth > 0) {
+        if (on_one_line) {
+            if (j->has_items[j->depth]) fputc(' ', j->f);
+        } else {
+            fprintf(j->f, "\n%*s", 2 * j->depth, "");
+        }
+    }
+    j->has_items[j->depth] = 1;
+    if (key) {
+        const char *s;
+        fputc('"', j->f);
+        for (s = key; *s; s++) fputc(*s, j->f);
+        fputs("\": ", j->f);
+    }
+}
+
+static void json_open(Json *j, const char *key, char bracket) {
+    json_item(j, key);
+    fputc(bracket, j->f);
+    j->depth++;
+    j->has_items[j->depth] = 0;
+}
+
+static void json_close(Json *j, char bracket) {
+    int on_one_line = j->inline_depth && j->depth >= j->inline_depth;
+    int had_items = j->has_items[j->depth];
+    j->depth--;
+    if (had_items && !on_one_line) fprintf(j->f, "\n%*s", 2 * j->depth, "");
+    fputc(bracket, j->f);
+    if (j->depth == 0) fputc('\n', j->f);
+}
+
+static void json_object(Json *j, const char *key) { json_open(j, key, '{'); }
+static void json_object_end(Json *j) { json_close(j, '}'); }
+static void json_array(Json *j, const char *key) { json_open(j, key, '['); }
+static void json_array_end(Json *j) { json_close(j, ']'); }
+
+static void json_string_body(FILE *f, const char *s) {
+    fputc('"', f);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
+        else if (c == '\n') fputs("\\n", f);
+        else if (c == '\t') fputs("\\t", f);
+        else if (c < 0x20) fprintf(f, "\\u%04x", c);
+        else fputc(c, f);
+    }
+    fputc('"', f);
+}
+
+static void json_str(Json *j, const char *key, const char *value) {
+    json_item(j, key);
+    if (value) json_string_body(j->f, value);
+    else fputs("null", j->f);
+}
+
+static void json_num(Json *j, const char *key, double value) {
+    json_item(j, key);
+    if (isfinite(value)) fprintf(j->f, "%.9g", value);
+    else fputs("null", j->f);
+}
+
+static void json_int(Json *j, const char *key, long long value) {
+    json_item(j, key);
+    fprintf(j->f, "%lld", value);
+}
+
+static void json_bool(Json *j, const char *key, int value) {
+    json_item(j, key);
+    fputs(value ? "true" : "false", j->f);
+}
+
+/* ---------------------------------------------------------------------------
+ * Random numbers: xoshiro256** (Blackman and Vigna, 2018), seeded through
+ * splitmix64. Each SGLD chain gets its own stream by jumping 2^128 steps
+ * ahead, so results do not depend on how chains are spread over threads.
+ * ------------------------------------------------------------------------- */
+
+typedef struct {
+    uint64_t s[4];
+    int has_spare;       /* Box-Muller makes normals in pairs */
+    double spare;
+} Rng;
+
+static uint64_t splitmix64(uint64_t *x) {
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static uint64_t rotl64(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static void rng_seed(Rng *r, uint64_t seed) {
+    int i;
+    for (i = 0; i < 4; i++) r->s[i] = splitmix64(&seed);
+    r->has_spare = 0;
+}
+
+static uint64_t rng_next(Rng *r) {
+    uint64_t *s = r->s;
+    uint64_t result = rotl64(s[1] * 5, 7) * 9;
+    uint64_t t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl64(s[3], 45);
+    return result;
+}
+
+/* Advances the stream by 2^128 draws: the jump polynomial of xoshiro256. */
+static void rng_jump(Rng *r) {
+    static const uint64_t jump[4] = {0x180ec6d33cfd0abaULL, 0xd5a61266f0c9392cULL,
+                                     0xa9582618e03fc9aaULL, 0x39abdc4529b1661cULL};
+    uint64_t t[4] = {0, 0, 0, 0};
+    int i, b;
+    for (i = 0; i < 4; i++) {
+        for (b = 0; b < 64; b++) {
+            if (jump[i] & (1ULL << b)) {
+                t[0] ^= r->s[0];
+                t[1] ^= r->s[1];
+                t[2] ^= r->s[2];
+                t[3] ^= r->s[3];
+            }
+            rng_next(r);
+        }
+    }
+    memcpy(r->s, t, sizeof t);
+    r->has_spare = 0;
+}
+
+/* Uniform in [0, 1) with 53 random bits. */
+static double rng_uniform(Rng *r) { return (double)(rng_next(r) >> 11) * 0x1.0p-53; }
+
+/* Uniform integer in [0, n), without modulo bias. */
+static uint64_t rng_below(Rng *r, uint64_t n) {
+    uint64_t limit = UINT64_MAX - UINT64_MAX % n, x;
+    do x = rng_next(r); while (x >= limit);
+    return x % n;
+}
+
+/* Standard normal by the Box-Muller transform. */
+static double rng_normal(Rng *r) {
+    double u1, u2, radius;
+    if (r->has_spare) {
+        r->has_spare = 0;
+        return r->spare;
+    }
+    do u1 = rng_uniform(r); while (u1 <= 0.0);
+    u2 = rng_uniform(r);
+    radius = sqrt(-2.0 * log(u1));
+    r->spare = radius * sin(2.0 * LLC_PI * u2);
+    r->has_spare = 1;
+    return radius * cos(2.0 * LLC_PI * u2);
+}
+
+static void rng_shuffle(Rng *r, int *a, int n) {
+    int i;
+    for (i = n - 1; i > 0; i--) {
+        int j = (int)rng_below(r, (uint64_t)i + 1), t = a[i];
+        a[i] = a[j];
+        a[j] = t;
+    }
+}
+
+/* ---------------------------------------------------------------------------
+ * Matrix multiplication: the three shapes a forward and backward pass need,
+ * all row-major and all optionally accumulating into C.
+ *   matmul_nn: C[M,N] (+)= A[M,K]   B[K,N]
+ *   matmul_nt: C[M,N] (+)= A[M,K]   B[N,K]^T
+ *   matmul_tn: C[M,N] (+)= A[K,M]^T B[K,N]
+ * The *_ref loops are the reference that tests compare the fast paths with.
+ * ------------------------------------------------------------------------- */
+
+static void matmul_nn_ref(real *C, const real *A, const real *B, int M, int K, int N, int acc) {
+    int i, j, k;
+    for (i = 0; i < M; i++) {
+        for (j = 0; j < N; j++) {
+            double sum = acc ? C[(size_t)i * N + j] : 0.0;
+            for (k = 0; k < K; k++) sum += (double)A[(size_t)i * K + k] * B[(size_t)k * N + j];
+            C[(size_t)i * N + j] = (real)sum;
+        }
+    }
+}
+
+static void matmul_nt_ref(real *C, const real *A, const real *B, int M, int K, int N, int acc) {
+    int i, j, k;
+    for (i = 0; i < M; i++) {
+        for (j = 0; j < N; j++) {
+            double sum = acc ? C[(size_t)i * N + j] : 0.0;
+            for (k = 0; k < K; k++) sum += (double)A[(size_t)i * K + k] * B[(size_t)j * K + k];
+            C[(size_t)i * N + j] = (real)sum;
+        }
+    }
+}
+
+static void matmul_tn_ref(real *C, const real *A, const real *B, int M, int K, int N, int acc) {
+    int i, j, k;
+    for (i = 0; i < M; i++) {
+        for (j = 0; j < N; j++) {
+            double sum = acc ? C[(size_t)i * N + j] : 0.0;
+            for (k = 0; k < K; k++) sum += (double)A[(size_t)k * M + i] * B[(size_t)k * N + j];
+            C[(size_t)i * N + j] = (real)sum;
+        }
+    }
+}
+
+/* Cache blocking: a KC x NC panel of B stays in L2 while rows of A stream
+ * over it. The inner loop runs along contiguous rows of B and C, so
+ * compilers vectorise it. */
+enum { MM_KC = 256, MM_NC = 512 };
+
+static void matmul_nn(real *C, const real *A, const real *B, int M, int K, int N, int acc) {
+    int i, k, j, k0, j0;
+    if (!acc) memset(C, 0, (size_t)M * N * sizeof(real));
+    for (j0 = 0; j0 < N; j0 += MM_NC) {
+        int j1 = j0 + MM_NC < N ? j0 + MM_NC : N;
+        for (k0 = 0; k0 < K; k0 += MM_KC) {
+            int k1 = k0 + MM_KC < K ? k0 + MM_KC : K;
+            for (i = 0; i < M; i++) {
+                real *c = C + (size_t)i * N;
+                const real *a = A + (size_t)i * K;
+                for (k = k0; k < k1; k++) {
+                    const real aik = a[k];
+                    const real *b = B + (size_t)k * N;
+                    if (aik == 0) continue;
+                    for (j = j0; j < j1; j++) c[j] += aik * b[j];
+                }
+            }
+        }
+    }
+}
+
+static void matmul_nt(real *C, const real *A, const real *B, int M, int K, int N, int acc) {
+    int i, j, k;
+    for (i = 0; i < M; i++) {
+        const real *a = A + (size_t)i * K;
+        real *c = C + (size_t)i * N;
+        for (j = 0; j < N; j++) {
+            const real *b = B + (size_t)j * K;
+            real sum = 0;
+            for (k = 0; k < K; k++) sum += a[k] * b[k];
+            c[j] = acc ? c[j] + sum : sum;
+        }
+    }
+}
+
+static void matmul_tn(real *C, const real *A, const real *B, int M, int K, int N, int acc) {
+    int i, j, k;
+    if (!acc) memset(C, 0, (size_t)M * N * sizeof(real));
+    for (k = 0; k < K; k++) {
+        const real *a = A + (size_t)k * M;
+        const real *b = B + (size_t)k * N;
+        for (i = 0; i < M; i++) {
+            const real aki = a[i];
+            real *c = C + (size_t)i * N;
+            if (aki == 0) continue;
+            for (j = 0; j < N; j++) c[j] += aki * b[j];
+        }
+    }
+}
+
+/* C[i, :] += bias for every row i. */
+static void add_bias(real *C, const real *bias, int M, int N) {
+    int i, j;
+    for (i = 0; i < M; i++)
+        for (j = 0; j < N; j++) C[(size_t)i * N + j] += bias[j];
+}
+
+/* dbias[j] += sum over rows of dC[i, j]. */
+static void add_bias_grad(real *dbias, const real *dC, int M, int N) {
+    int i, j;
+    for (i = 0; i < M; i++)
+        for (j = 0; j < N; j++) dbias[j] += dC[(size_t)i * N + j];
+}
+
+/* ---------------------------------------------------------------------------
+ * Weight file (LLCW, documented in llc.h). Every file is untrusted: each
+ * count, dimension, string length, offset and value is checked before use,
+ * with overflow-safe size arithmetic, and a rejection names the file and
+ * the field.
+ * ------------------------------------------------------------------------- */
+
+enum { LLCW_MAX_LAYERS = 1024, LLCW_MAX_HEADS = 1024, LLCW_MAX_DIM = 1 << 24,
+       LLCW_MAX_META = 1024 };
+
+/* Per layer, in canonical order: query, key, value, output projection, MLP. */
+enum { T_WQ, T_BQ, T_WK, T_BK, T_WV, T_BV, T_WO, T_BO, T_W1, T_B1, T_W2, T_B2, N_LAYER_TENSORS };
+
+static const char *const layer_tensor_suffix[N_LAYER_TENSORS] = {
+    "attn/query/w",   "attn/query/b", "attn/key/w",     "attn/key/b",
+    "attn/value/w",   "attn/value/b", "attn/linear/w",  "attn/linear/b",
+    "mlp/linear_1/w", "mlp/linear_1/b", "mlp/linear_2/w", "mlp/linear_2/b"};
+
+/* Canonical order: token_embed, pos_embed, the layers, unembed/w, unembed/b. */
+static int model_tensor_count(int n_layers) { return 4 + N_LAYER_TENSORS * n_layers; }
+
+/* Stores the name and shape of canonical tensor k; 1-D tensors get rows = 1. */
+static void model_tensor_shape(const ModelConfig *c, int k, char *name, size_t name_size,
+                               int *rows, int *cols) {
+    int hk = c->n_heads * c->d_head, last = 2 + N_LAYER_TENSORS * c->n_layers;
+    if (k == 0) {
+        snprintf(name, name_size, "token_embed/embeddings");
+        *rows = c->n_vocab, *cols = c->d_model;
+    } else if (k == 1) {
+        snprintf(name, name_size, "pos_embed/embeddings");
+        *rows = c->max_seq_len + 1, *cols = c->d_model;
+    } else if (k == last) {
+        snprintf(name, name_size, "unembed/w");
+        *rows = c->d_model, *cols = c->n_outputs;
+    } else if (k == last + 1) {
+        snprintf(name, name_size, "unembed/b");
+        *rows = 1, *cols = c->n_outputs;
+    } else {
+        int layer = (k - 2) / N_LAYER_TENSORS, t = (k - 2) % N_LAYER_TENSORS;
+        static const int is_bias[N_LAYER_TENSORS] = {0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1};
+        snprintf(name, name_size, "transformer/layer_%d/%s", layer, layer_tensor_suffix[t]);
+        switch (t) {
+        case T_WQ: case T_WK: case T_WV: *rows = c->d_model, *cols = hk; break;
+        case T_BQ: case T_BK: case T_BV: *cols = hk; break;
+        case T_WO: *rows = hk, *cols = c->d_model; break;
+        case T_W1: *rows = c->d_model, *cols = c->d_mlp; break;
+        case T_B1: *cols = c->d_mlp; break;
+        case T_W2: *rows = c->d_mlp, *cols = c->d_model; break;
+        default: *cols = c->d_model; break;   /* T_BO, T_B2 */
+        }
+        if (is_bias[t]) *rows = 1;
+    }
+}
+
+/* Returns the canonical index of a tensor name, or -1. */
+static int model_tensor_index(const ModelConfig *c, const char *name) {
+    static const char prefix[] = "transformer/layer_";
+    if (!strcmp(name, "token_embed/embeddings")) return 0;
+    if (!strcmp(name, "pos_embed/embeddings")) return 1;
+    if (!strcmp(name, "unembed/w")) return 2 + N_LAYER_TENSORS * c->n_layers;
+    if (!strcmp(name, "unembed/b")) return 3 + N_LAYER_TENSORS * c->n_layers;
+    if (!strncmp(name, prefix, sizeof prefix - 1)) {
+        const char *p = name + sizeof prefix - 1;
+        long layer = 0;
+        int t, digits = 0;
+        while (isdigit((unsigned char)*p) && digits < 6) layer = layer * 10 + (*p++ - '0'), digits++;
+        if (digits == 0 || *p != '/' || (digits > 1 && p[-digits] == '0')) return -1;
+        if (layer >= c->n_layers) return -1;
+        for (t = 0; t < N_LAYER_TENSORS; t++)
+            if (!strcmp(p + 1, layer_tensor_suffix[t])) return 2 + N_LAYER_TENSORS * (int)layer + t;
+    }
+    return -1;
+}
+
+/* Points w's named fields at the tensors: trainable ones in params, fixed
+ * ones in fixed. The same layout serves weights, gradients and chains. */
+static void weights_bind(const Model *m, real *params, real *fixed, Weights *w) {
+    int k;
+    for (k = 0; k < m->n_tensors; k++) {
+        const TensorInfo *t = &m->tensors[k];
+        real *p = (t->trainable ? params : fixed) + t->offset;
+        int last = 2 + N_LAYER_TENSORS * m->cfg.n_layers;
+        if (k == 0) w->token_embed = p;
+        else if (k == 1) w->pos_embed = p;
+        else if (k == last) w->unembed_w = p;
+        else if (k == last + 1) w->unembed_b = p;
+        else {
+            LayerWeights *lw = &w->layer[(k - 2) / N_LAYER_TENSORS];
+            real **slot[N_LAYER_TENSORS] = {&lw->wq, &lw->bq, &lw->wk, &lw->bk, &lw->wv, &lw->bv,
+                                            &lw->wo, &lw->bo, &lw->w1, &lw->b1, &lw->w2, &lw->b2};
+            *slot[(k - 2) % N_LAYER_TENSORS] = p;
+        }
+    }
+}
+
+static void weights_alloc(const Model *m, Weights *w) {
+    memset(w, 0, sizeof *w);
+    w->layer = xcalloc((size_t)m->cfg.n_layers, sizeof(LayerWeights), "layer weights");
+}
+
+/* Lays out the tensors of m->cfg with the given trainable flags (canonical
+ * order), allocates the zeroed arena and binds m->w. */
+static void model_layout(Model *m, const int *trainable) {
+    int k;
+    m->n_tensors = model_tensor_count(m->cfg.n_layers);
+    m->tensors = xcalloc((size_t)m->n_tensors, sizeof(TensorInfo), "the tensor table");
+    m->n_params = m->n_fixed = 0;
+    for (k = 0; k < m->n_tensors; k++) {
+        TensorInfo *t = &m->tensors[k];
+        model_tensor_shape(&m->cfg, k, t->name, sizeof t->name, &t->rows, &t->cols);
+        t->numel = (size_t)t->rows * (size_t)t->cols;
+        t->trainable = trainable[k];
+        t->offset = t->trainable ? m->n_params : m->n_fixed;
+        if (t->trainable) m->n_params += t->numel;
+        else m->n_fixed += t->numel;
+    }
+    if (m->n_params + m->n_fixed > SIZE_MAX / sizeof(real) / 2)
+        die("a model with %zu parameters does not fit in memory", m->n_params + m->n_fixed);
+    m->params = xcalloc(m->n_params + m->n_fixed, sizeof(real), "the parameters");
+    m->fixed = m->params + m->n_params;
+    weights_alloc(m, &m->w);
+    weights_bind(m, m->params, m->fixed, &m->w);
+}
+
+void model_free(Model *m) {
+    int i;
+    if (m->vocab)
+        for (i = 0; i < m->cfg.n_vocab; i++) free(m->vocab[i]);
+    if (m->output_values)
+        for (i = 0; i < m->cfg.n_outputs; i++) free(m->output_values[i]);
+    if (m->residual_labels)
+        for (i = 0; i < m->cfg.d_model; i++) free(m->residual_labels[i]);
+    for (i = 0; i < m->n_meta; i++) {
+        if (m->meta_keys) free(m->meta_keys[i]);
+        if (m->meta_values) free(m->meta_values[i]);
+    }
+    free(m->vocab);
+    free(m->output_values);
+    free(m->output_dims);
+    free(m->residual_labels);
+    free(m->meta_keys);
+    free(m->meta_values);
+    free(m->tensors);
+    free(m->params);
+    free(m->w.layer);
+    memset(m, 0, sizeof *m);
+}
+
+const char *model_meta(const Model *m, const char *key) {
+    int i;
+    for (i = 0; i < m->n_meta; i++)
+        if (!strcmp(m->meta_keys[i], key)) return m->meta_values[i];
+    return NULL;
+}
+
+static void model_set_meta(Model *m, const char *key, const char *value) {
+    int i;
+    for (i = 0; i < m->n_meta; i++) {
+        if (!strcmp(m->meta_keys[i], key)) {
+            free(m->meta_values[i]);
+            m->meta_values[i] = xstrdup(value);
+            return;
+        }
+    }
+    m->meta_keys = realloc(m->meta_keys, (size_t)(m->n_meta + 1) * sizeof(char *));
+    m->meta_values = realloc(m->meta_values, (size_t)(m->n_meta + 1) * sizeof(char *));
+    if (!m->meta_keys || !m->meta_values) die("out of memory for model metadata");
+    m->meta_keys[m->n_meta] = xstrdup(key);
+    m->meta_values[m->n_meta] = xstrdup(value);
+    m->n_meta++;
+}
+
+size_t model_count_nonzero(const Model *m) {
+    size_t i, n = 0;
+    for (i = 0; i < m->n_params; i++) n += m->params[i] != 0;
+    return n;
+}
+
+/* Bounds-checked reading of a file whose size is known. */
+typedef struct {
+    FILE *f;
+    const char *path;
+    uint64_t pos, size;
+    int failed;
+} Reader;
+
+static int reader_fail(Reader *r, const char *fmt, ...) {
+    va_list ap;
+    if (r->failed) return -1;
+    r->failed = 1;
+    fprintf(stderr, "%s: %s: ", g_program, r->path);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    return -1;
+}
+
+static int read_bytes(Reader *r, void *dst, size_t n, const char *what) {
+    if (r->failed) return -1;
+    if (n > r->size - r->pos)
+        return reader_fail(r, "file ends at byte %llu while reading %s; the file is truncated",
+                           (unsigned long long)r->size, what);
+    if (n && fread(dst, 1, n, r->f) != n)
+        return reader_fail(r, "read error at byte %llu (%s)", (unsigned long long)r->pos, what);
+    r->pos += n;
+    return 0;
+}
+
+static uint32_t le32(const unsigned char *b) {
+    return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+}
+
+static int read_u32(Reader *r, uint32_t *v, const char *what) {
+    unsigned char b[4];
+    if (read_bytes(r, b, 4, what)) return -1;
+    *v = le32(b);
+    return 0;
+}
+
+static int read_u64(Reader *r, uint64_t *v, const char *what) {
+    unsigned char b[8];
+    if (read_bytes(r, b, 8, what)) return -1;
+    *v = (uint64_t)le32(b) | (uint64_t)le32(b + 4) << 32;
+    return 0;
+}
+
+/* Reads a u32 that must lie in [lo, hi]. */
+static int read_count(Reader *r, int *v, uint32_t lo, uint32_t hi, const char *what) {
+    uint32_t u;
+    if (read_u32(r, &u, what)) return -1;
+    if (u < lo || u > hi)
+        return reader_fail(r, "%s is %lu; it must be in [%lu, %lu]", what, (unsigned long)u,
+                           (unsigned long)lo, (unsigned long)hi);
+    *v = (int)u;
+    return 0;
+}
+
+static int read_string(Reader *r, char **out, const char *what) {
+    uint32_t n;
+    char *s;
+    *out = NULL;
+    if (read_u32(r, &n, what)) return -1;
+    if (n > LLCW_MAX_STRING)
+        return reader_fail(r, "%s has length %lu; strings are at most %u bytes", what,
+                           (unsigned long)n, LLCW_MAX_STRING);
+    if (n > r->size - r->pos)
+        return reader_fail(r, "%s of %lu bytes runs past the end of the file", what, (unsigned long)n);
+    s = xmalloc((size_t)n + 1, what);
+    if (read_bytes(r, s, n, what)) {
+        free(s);
+        return -1;
+    }
+    s[n] = 0;
+    if (strlen(s) != n) {
+        free(s);
+        return reader_fail(r, "%s contains a NUL byte", what);
+    }
+    *out = s;
+    return 0;
+}
+
+static int read_strings(Reader *r, char ***out, int n, const char *what) {
+    int i;
+    char name[80];
+    *out = xcalloc((size_t)n, sizeof(char *), what);
+    for (i = 0; i < n; i++) {
+        snprintf(name, sizeof name, "%s %d", what, i);
+        if (read_string(r, &(*out)[i], name)) return -1;
+    }
+    return 0;
+}
+
+static int compare_strings(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Returns the index of the first duplicated string, or -1. */
+static int find_duplicate(char **s, int n) {
+    char **sorted = xmalloc((size_t)(n ? n : 1) * sizeof(char *), "a sort buffer");
+    int i, dup = -1;
+    memcpy(sorted, s, (size_t)n * sizeof(char *));
+    qsort(sorted, (size_t)n, sizeof(char *), compare_strings);
+    for (i = 1; i < n && dup < 0; i++) {
+        if (!strcmp(sorted[i - 1], sorted[i])) {
+            int j;
+            for (j = 0; j < n; j++)
+                if (!strcmp(s[j], sorted[i])) { dup = j; break; }
+        }
+    }
+    free(sorted);
+    return dup;
+}
+
+typedef struct {
+    int index;          /* canonical tensor index */
+    int trainable;
+    int sparse;
+    uint64_t offset, n_bytes;
+} DirEntry;
+
+static float float_from_le(const unsigned char *b) {
+    uint32_t u = le32(b);
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* Reads one tensor's data into dst (numel values, zeroed beforehand). */
+static int read_tensor_data(Reader *r, const DirEntry *e, const TensorInfo *t, real *dst) {
+    enum { CHUNK = 1 << 14 };
+    unsigned char buf[4 * CHUNK];
+    if (fseeko(r->f, (off_t)e->offset, SEEK_SET) != 0)
+        return reader_fail(r, "cannot seek to the data of tensor %s", t->name);
+    r->pos = e->offset;
+    if (!e->sparse) {
+        size_t done = 0;
+        if (e->n_bytes != 4 * (uint64_t)t->numel)
+            return reader_fail(r, "tensor %s has %llu data bytes; its shape %dx%d needs %llu", t->name,
+                               (unsigned long long)e->n_bytes, t->rows, t->cols,
+                               (unsigned long long)(4 * (uint64_t)t->numel));
+        while (done < t->numel) {
+            size_t n = t->numel - done < CHUNK ? t->numel - done : CHUNK, i;
+            if (read_bytes(r, buf, 4 * n, t->name)) return -1;
+            for (i = 0; i < n; i++) {
+                float v = float_from_le(buf + 4 * i);
+                if (!isfinite(v))
+                    return reader_fail(r, "tensor %s has a non-finite value (%g) at index %zu",
+                                       t->name, (double)v, done + i);
+                dst[done + i] = (real)v;
+            }
+            done += n;
+        }
+    } else {
+        uint32_t nnz, *idx, prev = 0;
+        size_t i;
+        if (e->n_bytes < 4) return reader_fail(r, "sparse tensor %s has no count", t->name);
+        if (read_u32(r, &nnz, t->name)) return -1;
+        if (nnz > t->numel)
+            return reader_fail(r, "sparse tensor %s has %lu entries but only %zu values", t->name,
+                               (unsigned long)nnz, t->numel);
+        if (e->n_bytes != 4 + 8 * (uint64_t)nnz)
+            return reader_fail(r, "sparse tensor %s has %llu data bytes; %lu entries need %llu",
+                               t->name, (unsigned long long)e->n_bytes, (unsigned long)nnz,
+                               (unsigned long long)(4 + 8 * (uint64_t)nnz));
+        idx = xmalloc((size_t)nnz * sizeof(uint32_t), "sparse indices");
+        for (i = 0; i < nnz; i++) {
+            unsigned char b[4];
+            if (read_bytes(r, b, 4, t->name)) { free(idx); return -1; }
+            idx[i] = le32(b);
+            if (idx[i] >= t->numel || (i > 0 && idx[i] <= prev)) {
+                free(idx);
+                return reader_fail(r, "sparse tensor %s: index %lu at entry %zu is out of range or "
+                                   "not increasing", t->name, (unsigned long)le32(b), i);
+            }
+            prev = idx[i];
+        }
+        for (i = 0; i < nnz; i++) {
+            unsigned char b[4];
+            float v;
+            if (read_bytes(r, b, 4, t->name)) { free(idx); return -1; }
+            v = float_from_le(b);
+            if (!isfinite(v)) {
+                free(idx);
+                return reader_fail(r, "tensor %s has a non-finite value at index %lu", t->name,
+                                   (unsigned long)idx[i]);
+            }
+            dst[idx[i]] = (real)v;
+        }
+        free(idx);
+    }
+    return 0;
+}
+
+int model_load(Model *m, const char *path) {
+    Reader r;
+    struct stat st;
+    char magic[4];
+    uint32_t version, flags, kind;
+    int n_output_dims, n_labels, n_tensors, n_meta, i, dup;
+    int *trainable = NULL;
+    DirEntry *dir = NULL;
+    ModelConfig *c = &m->cfg;
+
+    memset(m, 0, sizeof *m);
+    memset(&r, 0, sizeof r);
+    r.path = path;
+    r.f = fopen(path, "rb");
+    if (!r.f) {
+        fprintf(stderr, "%s: cannot open %s: %s\n", g_program, path, strerror(errno));
+        return -1;
+    }
+    if (fstat(fileno(r.f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        fprintf(stderr, "%s: %s is not a regular file\n", g_program, path);
+        fclose(r.f);
+        return -1;
+    }
+    r.size = (uint64_t)st.st_size;
+
+    /* Fixed header. */
+    if (read_bytes(&r, magic, 4, "the magic number")) goto fail;
+    if (memcmp(magic, LLCW_MAGIC, 4) != 0) {
+        reader_fail(&r, "not an LLCW weight file (bad magic); convert Tracr models with "
+                        "tracr_weights/convert.py or compile them with tracr_weights/compile.py");
+        goto fail;
+    }
+    if (read_u32(&r, &version, "the version")) goto fail;
+    if (version != LLCW_VERSION_DENSE && version != LLCW_VERSION_SPARSE) {
+        reader_fail(&r, "format version %lu is not supported (this llc reads versions 1 and 2)",
+                    (unsigned long)version);
+        goto fail;
+    }
+    if (read_u32(&r, &flags, "flags")) goto fail;
+    if (flags & ~1u) {
+        reader_fail(&r, "unknown flags 0x%lx (only bit 0, causal, is defined)", (unsigned long)flags);
+        goto fail;
+    }
+    c->causal = (int)(flags & 1u);
+    if (read_count(&r, &c->n_layers, 1, LLCW_MAX_LAYERS, "n_layers")) goto fail;
+    if (read_count(&r, &c->n_heads, 1, LLCW_MAX_HEADS, "n_heads")) goto fail;
+    if (read_count(&r, &c->d_model, 1, LLCW_MAX_DIM, "d_model")) goto fail;
+    if (read_count(&r, &c->d_head, 1, LLCW_MAX_DIM, "d_head")) goto fail;
+    if (read_count(&r, &c->d_mlp, 1, LLCW_MAX_DIM, "d_mlp")) goto fail;
+    if (read_count(&r, &c->max_seq_len, 1, LLCW_MAX_DIM, "max_seq_len")) goto fail;
+    if (read_count(&r, &c->n_vocab, 2, LLCW_MAX_DIM, "n_vocab")) goto fail;
+    if (read_count(&r, &c->bos_id, 0, (uint32_t)c->n_vocab - 1, "bos_id")) goto fail;
+    if (read_count(&r, &c->pad_id, 0, (uint32_t)c->n_vocab - 1, "pad_id")) goto fail;
+    if (read_u32(&r, &kind, "output_kind")) goto fail;
+    if (kind > 1) {
+        reader_fail(&r, "output_kind is %lu; it must be 0 (categorical) or 1 (numerical)",
+                    (unsigned long)kind);
+        goto fail;
+    }
+    c->output_kind = (int)kind;
+    if (read_count(&r, &c->n_outputs, 1, LLCW_MAX_DIM, "n_outputs")) goto fail;
+    if (c->output_kind == OUTPUT_NUMERICAL && c->n_outputs != 1) {
+        reader_fail(&r, "a numerical output has n_outputs 1, not %d", c->n_outputs);
+        goto fail;
+    }
+    if ((size_t)c->n_heads * (size_t)c->d_head > LLCW_MAX_DIM) {
+        reader_fail(&r, "n_heads * d_head = %zu exceeds the limit %d",
+                    (size_t)c->n_heads * (size_t)c->d_head, LLCW_MAX_DIM);
+        goto fail;
+    }
+    if (read_count(&r, &n_output_dims, 0, (uint32_t)c->n_outputs, "n_output_dims")) goto fail;
+    if (n_output_dims != 0 && n_output_dims != c->n_outputs) {
+        reader_fail(&r, "n_output_dims is %d; it must be 0 or n_outputs (%d)", n_output_dims,
+                    c->n_outputs);
+        goto fail;
+    }
+    if (read_count(&r, &n_labels, 0, (uint32_t)c->d_model, "n_residual_labels")) goto fail;
+    if (n_labels != 0 && n_labels != c->d_model) {
+        reader_fail(&r, "n_residual_labels is %d; it must be 0 or d_model (%d)", n_labels, c->d_model);
+        goto fail;
+    }
+    if (read_count(&r, &n_meta, 0, LLCW_MAX_META, "n_meta")) goto fail;
+    n_tensors = model_tensor_count(c->n_layers);
+    if (read_count(&r, &i, 0, UINT32_MAX >> 1, "n_tensors")) goto fail;
+    if (i != n_tensors) {
+        reader_fail(&r, "n_tensors is %d; a model with %d layers has %d tensors", i, c->n_layers,
+                    n_tensors);
+        goto fail;
+    }
+
+    /* Strings and output dims. */
+    if (read_strings(&r, &m->vocab, c->n_vocab, "vocab entry")) goto fail;
+    if ((dup = find_duplicate(m->vocab, c->n_vocab)) >= 0) {
+        reader_fail(&r, "vocab entry %d (\"%s\") appears twice", dup, m->vocab[dup]);
+        goto fail;
+    }
+    if (read_strings(&r, &m->output_values, c->n_outputs, "output value")) goto fail;
+    if (n_output_dims) {
+        m->output_dims = xcalloc((size_t)n_output_dims, sizeof(int), "output dims");
+        for (i = 0; i < n_output_dims; i++)
+            if (read_count(&r, &m->output_dims[i], 0, (uint32_t)c->d_model - 1, "an output dim"))
+                goto fail;
+    }
+    if (n_labels && read_strings(&r, &m->residual_labels, n_labels, "residual label")) goto fail;
+    m->meta_keys = xcalloc((size_t)n_meta, sizeof(char *), "metadata");
+    m->meta_values = xcalloc((size_t)n_meta, sizeof(char *), "metadata");
+    m->n_meta = n_meta;
+    for (i = 0; i < n_meta; i++) {
+        if (read_string(&r, &m->meta_keys[i], "a metadata key")) goto fail;
+        if (read_string(&r, &m->meta_values[i], "a metadata value")) goto fail;
+    }
+
+    /* Tensor directory: every canonical tensor exactly once, with its shape. */
+    dir = xcalloc((size_t)n_tensors, sizeof(DirEntry), "the tensor directory");
+    trainable = xcalloc((size_t)n_tensors, sizeof(int), "the tensor directory");
+    for (i = 0; i < n_tensors; i++) dir[i].index = -1;
+    for (i = 0; i < n_tensors; i++) {
+        char *name = NULL, expect[64];
+        int ndim, k, rows = 1, cols = 1, d0 = 0, d1 = 0;
+        uint32_t flag, enc = 0;
+        DirEntry e;
+        if (read_string(&r, &name, "a tensor name")) goto fail;
+        k = model_tensor_index(c, name);
+        if (k < 0) {
+            reader_fail(&r, "unexpected tensor \"%s\" (see llc.h for the tensor names)", name);
+            free(name);
+            goto fail;
+        }
+        if (dir[k].index >= 0) {
+            reader_fail(&r, "tensor %s appears twice", name);
+            free(name);
+            goto fail;
+        }
+        free(name);
+        model_tensor_shape(c, k, expect, sizeof expect, &rows, &cols);
+        if (read_count(&r, &ndim, 1, 2, "a tensor's ndim")) goto fail;
+        if (read_count(&r, &d0, 0, UINT32_MAX >> 1, "a tensor dim")) goto fail;
+        if (ndim == 2 && read_count(&r, &d1, 0, UINT32_MAX >> 1, "a tensor dim")) goto fail;
+        if (ndim == 1 ? (rows != 1 || d0 != cols) : (d0 != rows || d1 != cols)) {
+            if (rows == 1)
+                reader_fail(&r, "tensor %s has the wrong shape; the config needs [%d]", expect, cols);
+            else
+                reader_fail(&r, "tensor %s has the wrong shape; the config needs [%d, %d]", expect,
+                            rows, cols);
+            goto fail;
+        }
+        if ((uint64_t)rows * (uint64_t)cols > UINT32_MAX) {
+            reader_fail(&r, "tensor %s has %llu values; the format allows %lu", expect,
+                        (unsigned long long)rows * (unsigned long long)cols, (unsigned long)UINT32_MAX);
+            goto fail;
+        }
+        if (read_u32(&r, &flag, "a trainable flag")) goto fail;
+        if (flag > 1) {
+            reader_fail(&r, "tensor %s has trainable flag %lu; it must be 0 or 1", expect,
+                        (unsigned long)flag);
+            goto fail;
+        }
+        if (version == LLCW_VERSION_SPARSE && read_u32(&r, &enc, "an encoding")) goto fail;
+        if (enc > 1) {
+            reader_fail(&r, "tensor %s has encoding %lu; it must be 0 (dense) or 1 (sparse)", expect,
+                        (unsigned long)enc);
+            goto fail;
+        }
+        e.index = k;
+        e.trainable = (int)flag;
+        e.sparse = (int)enc;
+        if (read_u64(&r, &e.offset, "a tensor offset")) goto fail;
+        if (read_u64(&r, &e.n_bytes, "a tensor size")) goto fail;
+        dir[k] = e;
+        trainable[k] = e.trainable;
+    }
+    for (i = 0; i < n_tensors; i++) {
+        if (dir[i].index < 0) {
+            char name[64];
+            int rows, cols;
+            model_tensor_shape(c, i, name, sizeof name, &rows, &cols);
+            reader_fail(&r, "tensor %s is missing", name);
+            goto fail;
+        }
+        if (dir[i].offset < r.pos || dir[i].offset > r.size || dir[i].n_bytes > r.size - dir[i].offset) {
+            char name[64];
+            int rows, cols;
+            model_tensor_shape(c, i, name, sizeof name, &rows, &cols);
+            reader_fail(&r, "the data of tensor %s (bytes %llu..%llu) lies outside the data section "
+                        "(bytes %llu..%llu)", name, (unsigned long long)dir[i].offset,
+                        (unsigned long long)(dir[i].offset + dir[i].n_bytes),
+                        (unsigned long long)r.pos, (unsigned long long)r.size);
+            goto fail;
+        }
+    }
+
+    /* Values. */
+    model_layout(m, trainable);
+    for (i = 0; i < n_tensors; i++) {
+        const TensorInfo *t = &m->tensors[i];
+        if (read_tensor_data(&r, &dir[i], t, (t->trainable ? m->params : m->fixed) + t->offset))
+            goto fail;
+    }
+    free(dir);
+    free(trainable);
+    fclose(r.f);
+    return 0;
+
+fail:
+    free(dir);
+    free(trainable);
+    fclose(r.f);
+    model_free(m);
+    return -1;
+}
+
+static void put_u32(FILE *f, uint32_t v) {
+    unsigned char b[4] = {(unsigned char)v, (unsigned char)(v >> 8), (unsigned char)(v >> 16),
+                          (unsigned char)(v >> 24)};
+    fwrite(b, 1, 4, f);
+}
+
+static void put_u64(FILE *f, uint64_t v) {
+    put_u32(f, (uint32_t)v);
+    put_u32(f, (uint32_t)(v >> 32));
+}
+
+static void put_string(FILE *f, const char *s) {
+    size_t n = strlen(s);
+    if (n > LLCW_MAX_STRING) n = LLCW_MAX_STRING;
+    put_u32(f, (uint32_t)n);
+    fwrite(s, 1, n, f);
+}
+
+static void put_f32(FILE *f, real v) {
+    float x = (float)v;
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    put_u32(f, u);
+}
+
+static const real *model_tensor_data(const Model *m, int k) {
+    const TensorInfo *t = &m->tensors[k];
+    return (t->trainable ? m->params : m->fixed) + t->offset;
+}
+
+/* Writes m atomically. Tensors whose non-zeros take less room as (index,
+ * value) pairs are stored sparse, which makes the file version 2. */
+int model_save(const Model *m, const char *path) {
+    AtomicFile af;
+    const ModelConfig *c = &m->cfg;
+    size_t *nnz = xcalloc((size_t)m->n_tensors, sizeof(size_t), "tensor counts");
+    int *sparse = xcalloc((size_t)m->n_tensors, sizeof(int), "tensor encodings");
+    int k, i, any_sparse = 0;
+    uint64_t offset;
+    long header_end;
+
+    for (k = 0; k < m->n_tensors; k++) {
+        const real *v = model_tensor_data(m, k);
+        size_t j;
+        for (j = 0; j < m->tensors[k].numel; j++) nnz[k] += (float)v[j] != 0.0f;
+        sparse[k] = 4 + 8 * nnz[k] < 4 * m->tensors[k].numel;
+        any_sparse |= sparse[k];
+    }
+    if (atomic_open(&af, path)) {
+        free(nnz);
+        free(sparse);
+        return -1;
+    }
+
+    fwrite(LLCW_MAGIC, 1, 4, af.f);
+    put_u32(af.f, any_sparse ? LLCW_VERSION_SPARSE : LLCW_VERSION_DENSE);
+    put_u32(af.f, c->causal ? 1u : 0u);
+    put_u32(af.f, (uint32_t)c->n_layers);
+    put_u32(af.f, (uint32_t)c->n_heads);
+    put_u32(af.f, (uint32_t)c->d_model);
+    put_u32(af.f, (uint32_t)c->d_head);
+    put_u32(af.f, (uint32_t)c->d_mlp);
+    put_u32(af.f, (uint32_t)c->max_seq_len);
+    put_u32(af.f, (uint32_t)c->n_vocab);
+    put_u32(af.f, (uint32_t)c->bos_id);
+    put_u32(af.f, (uint32_t)c->pad_id);
+    put_u32(af.f, (uint32_t)c->output_kind);
+    put_u32(af.f, (uint32_t)c->n_outputs);
+    put_u32(af.f, m->output_dims ? (uint32_t)c->n_outputs : 0u);
+    put_u32(af.f, m->residual_labels ? (uint32_t)c->d_model : 0u);
+    put_u32(af.f, (uint32_t)m->n_meta);
+    put_u32(af.f, (uint32_t)m->n_tensors);
+    for (i = 0; i < c->n_vocab; i++) put_string(af.f, m->vocab[i]);
+    for (i = 0; i < c->n_outputs; i++) put_string(af.f, m->output_values[i]);
+    if (m->output_dims)
+        for (i = 0; i < c->n_outputs; i++) put_u32(af.f, (uint32_t)m->output_dims[i]);
+    if (m->residual_labels)
+        for (i = 0; i < c->d_model; i++) put_string(af.f, m->residual_labels[i]);
+    for (i = 0; i < m->n_meta; i++) {
+        put_string(af.f, m->meta_keys[i]);
+        put_string(af.f, m->meta_values[i]);
+    }
+
+    /* The directory's size is known, so data offsets follow from it. */
+    header_end = ftell(af.f);
+    for (k = 0; k < m->n_tensors; k++) {
+        const TensorInfo *t = &m->tensors[k];
+        header_end += 4 + (long)strlen(t->name) + 4 + (t->rows == 1 ? 4 : 8) + 4 + 16;
+        header_end += any_sparse ? 4 : 0;
+    }
+    offset = (uint64_t)header_end;
+    for (k = 0; k < m->n_tensors; k++) {
+        const TensorInfo *t = &m->tensors[k];
+        uint64_t n_bytes = sparse[k] ? 4 + 8 * (uint64_t)nnz[k] : 4 * (uint64_t)t->numel;
+        put_string(af.f, t->name);
+        if (t->rows == 1) {
+            put_u32(af.f, 1);
+            put_u32(af.f, (uint32_t)t->cols);
+        } else {
+            put_u32(af.f, 2);
+            put_u32(af.f, (uint32_t)t->rows);
+            put_u32(af.f, (uint32_t)t->cols);
+        }
+        put_u32(af.f, (uint32_t)t->trainable);
+        if (any_sparse) put_u32(af.f, (uint32_t)sparse[k]);
+        put_u64(af.f, offset);
+        put_u64(af.f, n_bytes);
+        offset += n_bytes;
+    }
+    for (k = 0; k < m->n_tensors; k++) {
+        const real *v = model_tensor_data(m, k);
+        size_t j, n = m->tensors[k].numel;
+        if (sparse[k]) {
+            put_u32(af.f, (uint32_t)nnz[k]);
+            for (j = 0; j < n; j++)
+                if ((float)v[j] != 0.0f) put_u32(af.f, (uint32_t)j);
+            for (j = 0; j < n; j++)
+                if ((float)v[j] != 0.0f) put_f32(af.f, v[j]);
+        } else {
+            for (j = 0; j < n; j++) put_f32(af.f, v[j]);
+        }
+    }
+    free(nnz);
+    free(sparse);
+    return atomic_commit(&af);
+}
+
+/* ---------------------------------------------------------------------------
+ * Forward pass. Every activation that the backward pass needs is kept in the
+ * workspace, per layer, with row stride max_rows.
+ * ------------------------------------------------------------------------- */
+
+struct Workspace {
+    int max_rows, max_seqs, max_T;
+    size_t att_per_layer;   /* attention weights of one layer: max_seqs * H * T * T */
+    real *x_in;     /* [L][max_rows, D] residual entering each layer */
+    real *q, *k, *v;/* [L][max_rows, HK] */
+    real *att;      /* [L][att_per_layer] softmax weights, per sequence and head [T, T] */
+    real *z;        /* [L][max_rows, HK] attention output before the projection */
+    real *x_mid;    /* [L][max_rows, D] residual after attention */
+    real *hid;      /* [L][max_rows, M] relu output of the MLP */
+    real *x_out;    /* [max_rows, D] final residual */
+    real *y;        /* [max_rows, O] outputs */
+    real *dx;       /* [max_rows, D] gradient of the residual */
+    real *dq, *dk, *dv, *dz;   /* [max_rows, HK] */
+    real *dhid;     /* [max_rows, M] */
+    real *scores;   /* [max_T] one row of attention scores or their gradient */
+    Batch batch;    /* the batch of the last forward pass */
+};
+
+static size_t workspace_reals(const ModelConfig *c, int max_seqs) {
+    size_t R = (size_t)max_seqs * (size_t)(c->max_seq_len + 1), L = (size_t)c->n_layers;
+    size_t D = (size_t)c->d_model, HK = (size_t)c->n_heads * (size_t)c->d_head;
+    size_t M = (size_t)c->d_mlp, O = (size_t)c->n_outputs, T = (size_t)c->max_seq_len + 1;
+    size_t att = (size_t)max_seqs * (size_t)c->n_heads * T * T;
+    return L * (R * D * 2 + R * HK * 4 + att + R * M) + R * D * 2 + R * O + R * HK * 4 + R * M + T;
+}
+
+size_t workspace_bytes(const ModelConfig *c, int max_seqs) {
+    return workspace_reals(c, max_seqs) * sizeof(real) + sizeof(Workspace);
+}
+
+Workspace *workspace_new(const ModelConfig *c, int max_seqs) {
+    Workspace *ws = xcalloc(1, sizeof(Workspace), "a workspace");
+    size_t R, L = (size_t)c->n_layers, D = (size_t)c->d_model;
+    size_t HK = (size_t)c->n_heads * (size_t)c->d_head, M = (size_t)c->d_mlp;
+    real *p;
+    ws->max_seqs = max_seqs;
+    ws->max_T = c->max_seq_len + 1;
+    ws->max_rows = max_seqs * ws->max_T;
+    R = (size_t)ws->max_rows;
+    ws->att_per_layer = (size_t)max_seqs * (size_t)c->n_heads * (size_t)ws->max_T * (size_t)ws->max_T;
+    p = xcalloc(workspace_reals(c, max_seqs), sizeof(real), "the activations");
+    ws->x_in = p, p += L * R * D;
+    ws->q = p, p += L * R * HK;
+    ws->k = p, p += L * R * HK;
+    ws->v = p, p += L * R * HK;
+    ws->att = p, p += L * ws->att_per_layer;
+    ws->z = p, p += L * R * HK;
+    ws->x_mid = p, p += L * R * D;
+    ws->hid = p, p += L * R * M;
+    ws->x_out = p, p += R * D;
+    ws->y = p, p += R * (size_t)c->n_outputs;
+    ws->dx = p, p += R * D;
+    ws->dq = p, p += R * HK;
+    ws->dk = p, p += R * HK;
+    ws->dv = p, p += R * HK;
+    ws->dz = p, p += R * HK;
+    ws->dhid = p, p += R * M;
+    ws->scores = p;
+    return ws;
+}
+
+void workspace_free(Workspace *ws) {
+    if (!ws) return;
+    free(ws->x_in);
+    free(ws);
+}
+
+/* x[r] = token_embed[ids[r]] + pos_embed[t], t the position within its sequence. */
+static void embed_forward(real *x, const Batch *b, const real *token_embed, const real *pos_embed,
+                          int D) {
+    int s, t, i;
+    for (s = 0; s < b->n_seqs; s++) {
+        for (t = 0; t < b->seq_start[s + 1] - b->seq_start[s]; t++) {
+            int r = b->seq_start[s] + t;
+            const real *te = token_embed + (size_t)b->ids[r] * D, *pe = pos_embed + (size_t)t * D;
+            for (i = 0; i < D; i++) x[(size_t)r * D + i] = te[i] + pe[i];
+        }
+    }
+}
+
+static void embed_backward(real *dtoken_embed, real *dpos_embed, const Batch *b, const real *dx,
+                           int D) {
+    int s, t, i;
+    for (s = 0; s < b->n_seqs; s++) {
+        for (t = 0; t < b->seq_start[s + 1] - b->seq_start[s]; t++) {
+            int r = b->seq_start[s] + t;
+            real *dte = dtoken_embed + (size_t)b->ids[r] * D, *dpe = dpos_embed + (size_t)t * D;
+            for (i = 0; i < D; i++) {
+                dte[i] += dx[(size_t)r * D + i];
+                dpe[i] += dx[(size_t)r * D + i];
+            }
+        }
+    }
+}
+
+/* Attention scores and outputs of every sequence and head:
+ * att[t, s] = softmax_s(q[t] . k[s] / sqrt(d_head)), z[t] = sum_s att[t, s] v[s].
+ * The softmax subtracts the row maximum; with causal set, keys s > t get
+ * weight 0. */
+static void attention_forward(real *z, real *att, const real *q, const real *k, const real *v,
+                              const Batch *b, int n_heads, int d_head, int causal) {
+    int HK = n_heads * d_head, s, h, t, u, e;
+    real scale = (real)(1.0 / sqrt((double)d_head));
+    real *a = att;
+    for (s = 0; s < b->n_seqs; s++) {
+        int r0 = b->seq_start[s], T = b->seq_start[s + 1] - r0;
+        for (h = 0; h < n_heads; h++) {
+            for (t = 0; t < T; t++, a += T) {
+                const real *qt = q + (size_t)(r0 + t) * HK + h * d_head;
+                real *zt = z + (size_t)(r0 + t) * HK + h * d_head;
+                int n_keys = causal ? t + 1 : T;
+                double max = -DBL_MAX, sum = 0.0;
+                for (u = 0; u < n_keys; u++) {
+                    const real *ku = k + (size_t)(r0 + u) * HK + h * d_head;
+                    real dot = 0;
+                    for (e = 0; e < d_head; e++) dot += qt[e] * ku[e];
+                    a[u] = dot * scale;
+                    if (a[u] > max) max = a[u];
+                }
+                for (u = 0; u < n_keys; u++) {
+                    a[u] = (real)exp(a[u] - max);
+                    sum += a[u];
+                }
+                for (u = 0; u < n_keys; u++) a[u] = (real)(a[u] / sum);
+                for (u = n_keys; u < T; u++) a[u] = 0;
+                for (e = 0; e < d_head; e++) zt[e] = 0;
+                for (u = 0; u < n_keys; u++) {
+                    const real *vu = v + (size_t)(r0 + u) * HK + h * d_head;
+                    for (e = 0; e < d_head; e++) zt[e] += a[u] * vu[e];
+                }
+            }
+        }
+    }
+}
+
+/* Given dz, adds the gradients of q, k and v (all zeroed by the caller). */
+static void attention_backward(real *dq, real *dk, real *dv, real *datt, const real *dz,
+                               const real *att, const real *q, const real *k, const real *v,
+                               const Batch *b, int n_heads, int d_head) {
+    int HK = n_heads * d_head, s, h, t, u, e;
+    real scale = (real)(1.0 / sqrt((double)d_head));
+    const real *a = att;
+    for (s = 0; s < b->n_seqs; s++) {
+        int r0 = b->seq_start[s], T = b->seq_start[s + 1] - r0;
+        for (h = 0; h < n_heads; h++) {
+            for (t = 0; t < T; t++, a += T) {
+                const real *dzt = dz + (size_t)(r0 + t) * HK + h * d_head;
+                const real *qt = q + (size_t)(r0 + t) * HK + h * d_head;
+                real *dqt = dq + (size_t)(r0 + t) * HK + h * d_head;
+                double weighted = 0.0;
+
+                /* forward: z[t] = sum_u att[t,u] v[u], so datt[u] = dz[t] . v[u], dv[u] += att[t,u] dz[t] */
+                for (u = 0; u < T; u++) {
+                    const real *vu = v + (size_t)(r0 + u) * HK + h * d_head;
+                    real *dvu = dv + (size_t)(r0 + u) * HK + h * d_head;
+                    real dot = 0;
+                    for (e = 0; e < d_head; e++) {
+                        dot += dzt[e] * vu[e];
+                        dvu[e] += a[u] * dzt[e];
+                    }
+                    datt[u] = dot;
+                    weighted += (double)a[u] * dot;
+                }
+
+                /* softmax: dscore[u] = att[u] (datt[u] - sum_w att[w] datt[w]); score = q.k * scale */
+                for (u = 0; u < T; u++) {
+                    const real *ku = k + (size_t)(r0 + u) * HK + h * d_head;
+                    real *dku = dk + (size_t)(r0 + u) * HK + h * d_head;
+                    real dscore = (real)(a[u] * (datt[u] - weighted)) * scale;
+                    if (dscore == 0) continue;
+                    for (e = 0; e < d_head; e++) {
+                        dqt[e] += dscore * ku[e];
+                        dku[e] += dscore * qt[e];
+                    }
+                }
+            }
+        }
+    }
+}
+
+const real *model_forward(const ModelConfig *c, const Weights *w, Workspace *ws, const Batch *b) {
+    int R = b->n_rows, D = c->d_model, HK = c->n_heads * c->d_head, M = c->d_mlp, l, i;
+    size_t stride_d = (size_t)ws->max_rows * D, stride_hk = (size_t)ws->max_rows * HK;
+    size_t stride_m = (size_t)ws->max_rows * M;
+    if (b->n_seqs > ws->max_seqs || R > ws->max_rows) die("internal error: batch exceeds the workspace");
+    ws->batch = *b;
+
+    embed_forward(ws->x_in, b, w->token_embed, w->pos_embed, D);
+
+    for (l = 0; l < c->n_layers; l++) {
+        const LayerWeights *lw = &w->layer[l];
+        real *x = ws->x_in + l * stride_d, *x_mid = ws->x_mid + l * stride_d;
+        real *q = ws->q + l * stride_hk, *k = ws->k + l * stride_hk, *v = ws->v + l * stride_hk;
+        real *z = ws->z + l * stride_hk, *hid = ws->hid + l * stride_m;
+        real *x_next = l + 1 < c->n_layers ? ws->x_in + (l + 1) * stride_d : ws->x_out;
+
+        /* attention: x_mid = x + attn(x) Wo + bo */
+        matmul_nn(q, x, lw->wq, R, D, HK, 0);
+        add_bias(q, lw->bq, R, HK);
+        matmul_nn(k, x, lw->wk, R, D, HK, 0);
+        add_bias(k, lw->bk, R, HK);
+        matmul_nn(v, x, lw->wv, R, D, HK, 0);
+        add_bias(v, lw->bv, R, HK);
+        attention_forward(z, ws->att + l * ws->att_per_layer, q, k, v, b, c->n_heads, c->d_head,
+                          c->causal);
+        memcpy(x_mid, x, (size_t)R * D * sizeof(real));
+        matmul_nn(x_mid, z, lw->wo, R, HK, D, 1);
+        add_bias(x_mid, lw->bo, R, D);
+
+        /* MLP: x_next = x_mid + relu(x_mid W1 + b1) W2 + b2 */
+        matmul_nn(hid, x_mid, lw->w1, R, D, M, 0);
+        add_bias(hid, lw->b1, R, M);
+        for (i = 0; i < R * M; i++) hid[i] = hid[i] > 0 ? hid[i] : 0;
+        memcpy(x_next, x_mid, (size_t)R * D * sizeof(real));
+        matmul_nn(x_next, hid, lw->w2, R, M, D, 1);
+        add_bias(x_next, lw->b2, R, D);
+    }
+
+    matmul_nn(ws->y, ws->x_out, w->unembed_w, R, D, c->n_outputs, 0);
+    add_bias(ws->y, w->unembed_b, R, c->n_outputs);
+    return ws->y;
+}
+
+/* ---------------------------------------------------------------------------
+ * Backward pass: the layers of model_forward in reverse. Gradients are added
+ * into g, so the caller zeroes it first.
+ * ------------------------------------------------------------------------- */
+
+void model_backward(const ModelConfig *c, const Weights *w, const Weights *g, Workspace *ws,
+                    const real *dy) {
+    const Batch *b = &ws->batch;
+    int R = b->n_rows, D = c->d_model, HK = c->n_heads * c->d_head, M = c->d_mlp, O = c->n_outputs;
+    size_t stride_d = (size_t)ws->max_rows * D, stride_hk = (size_t)ws->max_rows * HK;
+    size_t stride_m = (size_t)ws->max_rows * M;
+    real *dx = ws->dx;
+    int l, i;
+
+    /* y = x_out U + ub */
+    matmul_tn(g->unembed_w, ws->x_out, dy, D, R, O, 1);
+    add_bias_grad(g->unembed_b, dy, R, O);
+    matmul_nt(dx, dy, w->unembed_w, R, O, D, 0);
+
+    for (l = c->n_layers - 1; l >= 0; l--) {
+        const LayerWeights *lw = &w->layer[l];
+        const LayerWeights *lg = &g->layer[l];
+        const real *x = ws->x_in + l * stride_d, *x_mid = ws->x_mid + l * stride_d;
+        const real *q = ws->q + l * stride_hk, *k = ws->k + l * stride_hk, *v = ws->v + l * stride_hk;
+        const real *z = ws->z + l * stride_hk, *hid = ws->hid + l * stride_m;
+
+        /* MLP: x_next = x_mid + relu(x_mid W1 + b1) W2 + b2; dx contains d x_next and becomes d x_mid */
+        matmul_tn(lg->w2, hid, dx, M, R, D, 1);
+        add_bias_grad(lg->b2, dx, R, D);
+        matmul_nt(ws->dhid, dx, lw->w2, R, D, M, 0);
+        for (i = 0; i < R * M; i++)
+            if (hid[i] <= 0) ws->dhid[i] = 0;
+        matmul_tn(lg->w1, x_mid, ws->dhid, D, R, M, 1);
+        add_bias_grad(lg->b1, ws->dhid, R, M);
+        matmul_nt(dx, ws->dhid, lw->w1, R, M, D, 1);
+
+        /* attention: x_mid = x + z Wo + bo; dx contains d x_mid and becomes d x */
+        matmul_tn(lg->wo, z, dx, HK, R, D, 1);
+        add_bias_grad(lg->bo, dx, R, D);
+        matmul_nt(ws->dz, dx, lw->wo, R, D, HK, 0);
+        memset(ws->dq, 0, (size_t)R * HK * sizeof(real));
+        memset(ws->dk, 0, (size_t)R * HK * sizeof(real));
+        memset(ws->dv, 0, (size_t)R * HK * sizeof(real));
+        attention_backward(ws->dq, ws->dk, ws->dv, ws->scores, ws->dz, ws->att + l * ws->att_per_layer,
+                           q, k, v, b, c->n_heads, c->d_head);
+        matmul_tn(lg->wq, x, ws->dq, D, R, HK, 1);
+        add_bias_grad(lg->bq, ws->dq, R, HK);
+        matmul_tn(lg->wk, x, ws->dk, D, R, HK, 1);
+        add_bias_grad(lg->bk, ws->dk, R, HK);
+        matmul_tn(lg->wv, x, ws->dv, D, R, HK, 1);
+        add_bias_grad(lg->bv, ws->dv, R, HK);
+        matmul_nt(dx, ws->dq, lw->wq, R, HK, D, 1);
+        matmul_nt(dx, ws->dk, lw->wk, R, HK, D, 1);
+        matmul_nt(dx, ws->dv, lw->wv, R, HK, D, 1);
+    }
+
+    embed_backward(g->token_embed, g->pos_embed, b, dx, D);
+}
+
+/* ---------------------------------------------------------------------------
+ * Datasets and losses. A dataset is a set of input sequences with, per
+ * token position, a categorical label or a numerical target and the
+ * reference outputs (a teacher's, or the model's own at w*) that the KL loss
+ * compares with. Losses average over the non-BOS positions of a batch.
+ * ------------------------------------------------------------------------- */
+
+typedef struct {
+    int n;          /* sequences */
+    int stride;     /* max_seq_len + 1: row i * stride + t is position t of sequence i */
+    int n_outputs;
+    int *len;       /* [n] tokens, BOS included */
+    int *ids;       /* [n * stride] */
+    int *label;     /* [n * stride] output id of categorical targets; -1 at BOS or when unknown */
+    real *target;   /* [n * stride * O] MSE target: the value, or the one-hot of label */
+    real *ref;      /* [n * stride * O] reference outputs for the KL loss */
+    int labels_from_file;
+} Dataset;
+
+static void dataset_alloc(Dataset *d, int n, const ModelConfig *c) {
+    size_t rows = (size_t)n * (size_t)(c->max_seq_len + 1);
+    memset(d, 0, sizeof *d);
+    d->n = n;
+    d->stride = c->max_seq_len + 1;
+    d->n_outputs = c->n_outputs;
+    d->len = xcalloc((size_t)n, sizeof(int), "the dataset");
+    d->ids = xcalloc(rows, sizeof(int), "the dataset");
+    d->label = xcalloc(rows, sizeof(int), "the dataset");
+    d->target = xcalloc(rows * (size_t)c->n_outputs, sizeof(real), "the dataset");
+    d->ref = xcalloc(rows * (size_t)c->n_outputs, sizeof(real), "the dataset");
+}
+
+static void dataset_free(Dataset *d) {
+    free(d->len);
+    free(d->ids);
+    free(d->label);
+    free(d->target);
+    free(d->ref);
+    memset(d, 0, sizeof *d);
+}
+
+/* n sequences of full length: BOS, then max_seq_len tokens drawn uniformly
+ * from the vocab without BOS and PAD. */
+static void dataset_random(Dataset *d, const ModelConfig *c, int n, Rng *rng) {
+    int i, t, n_tokens = c->n_vocab - 2 + (c->bos_id == c->pad_id);
+    dataset_alloc(d, n, c);
+    for (i = 0; i < n; i++) {
+        int *ids = d->ids + (size_t)i * d->stride;
+        d->len[i] = d->stride;
+        ids[0] = c->bos_id;
+        for (t = 1; t < d->stride; t++) {
+            int id = (int)rng_below(rng, (uint64_t)n_tokens);
+            /* skip over the BOS and PAD ids */
+            int lo = c->bos_id < c->pad_id ? c->bos_id : c->pad_id;
+            int hi = c->bos_id < c->pad_id ? c->pad_id : c->bos_id;
+            if (id >= lo) id++;
+            if (id >= hi && hi != lo) id++;
+            ids[t] = id;
+        }
+    }
+}
+
+static int vocab_lookup(const Model *m, const char *token) {
+    int i;
+    for (i = 0; i < m->cfg.n_vocab; i++)
+        if (!strcmp(m->vocab[i], token)) return i;
+    return -1;
+}
+
+static int output_lookup(const Model *m, const char *value) {
+    int i;
+    for (i = 0; i < m->cfg.n_outputs; i++)
+        if (!strcmp(m->output_values[i], value)) return i;
+    return -1;
+}
+
+/* Reads inputs from a text file: one sequence per line, tokens separated by
+ * spaces, BOS not written; optionally "|" and one label per token (an output
+ * value, or a number for a numerical output). Blank lines and lines starting
+ * with # are skipped. Returns 0, or -1 after printing the line at fault. */
+static int dataset_read(Dataset *d, const Model *m, const char *path) {
+    const ModelConfig *c = &m->cfg;
+    FILE *f = fopen(path, "r");
+    char line[1 << 16];
+    int capacity = 64, n = 0, lineno = 0, with_labels = -1;
+    Dataset tmp;
+    if (!f) {
+        fprintf(stderr, "%s: cannot open inputs file %s: %s\n", g_program, path, strerror(errno));
+        return -1;
+    }
+    dataset_alloc(&tmp, capacity, c);
+    while (fgets(line, sizeof line, f)) {
+        char *bar, *tok, *save = NULL;
+        int t = 1, k, labelled;
+        lineno++;
+        if (!strchr(line, '\n') && !feof(f)) {
+            fprintf(stderr, "%s: %s:%d: line is longer than %zu bytes\n", g_program, path, lineno,
+                    sizeof line - 1);
+            goto fail;
+        }
+        for (tok = line; isspace((unsigned char)*tok); tok++) {}
+        if (*tok == 0 || *tok == '#') continue;
+        if (n == capacity) {
+            Dataset bigger;
+            size_t old_rows = (size_t)capacity * tmp.stride, O = (size_t)c->n_outputs;
+            dataset_alloc(&bigger, capacity * 2, c);
+            memcpy(bigger.len, tmp.len, (size_t)capacity * sizeof(int));
+            memcpy(bigger.ids, tmp.ids, old_rows * sizeof(int));
+            memcpy(bigger.label, tmp.label, old_rows * sizeof(int));
+            memcpy(bigger.target, tmp.target, old_rows * O * sizeof(real));
+            dataset_free(&tmp);
+            tmp = bigger;
+            capacity *= 2;
+        }
+        bar = strchr(line, '|');
+        labelled = bar != NULL;
+        if (with_labels < 0) with_labels = labelled;
+        if (labelled != with_labels) {
+            fprintf(stderr, "%s: %s:%d: either every line has labels after \"|\" or none does\n",
+                    g_program, path, lineno);
+            goto fail;
+        }
+        if (bar) *bar = 0;
+        tmp.ids[(size_t)n * tmp.stride] = c->bos_id;
+        for (tok = strtok_r(line, " \t\r\n", &save); tok; tok = strtok_r(NULL, " \t\r\n", &save)) {
+            int id = vocab_lookup(m, tok);
+            if (id < 0 || id == c->bos_id) {
+                fprintf(stderr, "%s: %s:%d: token \"%s\" is not in the model's vocabulary\n", g_program,
+                        path, lineno, tok);
+                goto fail;
+            }
+            if (t > c->max_seq_len) {
+                fprintf(stderr, "%s: %s:%d: more than max_seq_len = %d tokens\n", g_program, path,
+                        lineno, c->max_seq_len);
+                goto fail;
+            }
+            tmp.ids[(size_t)n * tmp.stride + t++] = id;
+        }
+        if (t == 1) {
+            fprintf(stderr, "%s: %s:%d: no tokens before \"|\"\n", g_program, path, lineno);
+            goto fail;
+        }
+        tmp.len[n] = t;
+        for (k = 0; k < tmp.stride; k++) tmp.label[(size_t)n * tmp.stride + k] = -1;
+        if (bar) {
+            int j = 1;
+            for (tok = strtok_r(bar + 1, " \t\r\n", &save); tok; tok = strtok_r(NULL, " \t\r\n", &save)) {
+                size_t row = (size_t)n * tmp.stride + j;
+                if (j >= t) break;
+                if (c->output_kind == OUTPUT_CATEGORICAL) {
+                    int id = output_lookup(m, tok);
+                    if (id < 0) {
+                        fprintf(stderr, "%s: %s:%d: label \"%s\" is not an output value of the model\n",
+                                g_program, path, lineno, tok);
+                        goto fail;
+                    }
+                    tmp.label[row] = id;
+                    tmp.target[row * c->n_outputs + id] = 1;
+                } else {
+                    char *end;
+                    double v = strtod(tok, &end);
+                    if (*end || !isfinite(v)) {
+                        fprintf(stderr, "%s: %s:%d: label \"%s\" is not a finite number\n", g_program,
+                                path, lineno, tok);
+                        goto fail;
+                    }
+                    tmp.target[row] = (real)v;
+                }
+                j++;
+            }
+            if (j != t || tok) {
+                fprintf(stderr, "%s: %s:%d: %d tokens but %s labels\n", g_program, path, lineno, t - 1,
+                        tok ? "more" : "fewer");
+                goto fail;
+            }
+        }
+        n++;
+    }
+    fclose(f);
+    if (n == 0) {
+        fprintf(stderr, "%s: inputs file %s has no sequences\n", g_program, path);
+        dataset_free(&tmp);
+        return -1;
+    }
+    tmp.n = n;
+    tmp.labels_from_file = with_labels == 1;
+    *d = tmp;
+    return 0;
+fail:
+    fclose(f);
+    dataset_free(&tmp);
+    return -1;
+}
+
+/* Gathers sequences into a batch; row_src[r] is the dataset row of batch row r. */
+static Batch batch_gather(const Dataset *d, const int *samples, int n, int *ids, int *seq_start,
+                          int *row_src) {
+    Batch b;
+    int i, t, r = 0;
+    for (i = 0; i < n; i++) {
+        const int *src = d->ids + (size_t)samples[i] * d->stride;
+        seq_start[i] = r;
+        for (t = 0; t < d->len[samples[i]]; t++, r++) {
+            ids[r] = src[t];
+            row_src[r] = samples[i] * d->stride + t;
+        }
+    }
+    seq_start[n] = r;
+    b.n_seqs = n;
+    b.n_rows = r;
+    b.ids = ids;
+    b.seq_start = seq_start;
+    return b;
+}
+
+static int argmax(const real *v, int n) {
+    int i, best = 0;
+    for (i = 1; i < n; i++)
+        if (v[i] > v[best]) best = i;
+    return best;
+}
+
+static double log_sum_exp(const real *v, int n) {
+    double max = v[0], sum = 0.0;
+    int i;
+    for (i = 1; i < n; i++)
+        if (v[i] > max) max = v[i];
+    for (i = 0; i < n; i++) sum += exp(v[i] - max);
+    return max + log(sum);
+}
+
+static const char *loss_name(LossKind k) {
+    if (k == LOSS_CE) return "ce";
+    if (k == LOSS_MSE) return "mse";
+    return "kl";
+}
+
+/* Returns the mean loss of outputs y [n_rows, O] over the non-BOS rows that
+ * have a target, and when dy is not NULL stores d loss / d y there. */
+static double loss_compute(LossKind kind, const real *y, const Batch *b, const int *row_src,
+                           const Dataset *d, real *dy) {
+    int O = d->n_outputs, s, t, j, n_rows = 0;
+    double total = 0.0;
+    if (dy) memset(dy, 0, (size_t)b->n_rows * O * sizeof(real));
+    for (s = 0; s < b->n_seqs; s++)
+        for (t = b->seq_start[s] + 1; t < b->seq_start[s + 1]; t++)
+            n_rows += kind != LOSS_CE || d->label[row_src[t]] >= 0;
+    if (n_rows == 0) return 0.0;
+
+    for (s = 0; s < b->n_seqs; s++) {
+        for (t = b->seq_start[s] + 1; t < b->seq_start[s + 1]; t++) {
+            const real *yr = y + (size_t)t * O;
+            size_t src = (size_t)row_src[t];
+            real *dyr = dy ? dy + (size_t)t * O : NULL;
+            if (kind == LOSS_CE) {
+                int label = d->label[src];
+                double lse;
+                if (label < 0) continue;
+                lse = log_sum_exp(yr, O);
+                total += lse - yr[label];
+                if (dyr) {
+                    for (j = 0; j < O; j++) dyr[j] = (real)(exp(yr[j] - lse) / n_rows);
+                    dyr[label] -= (real)(1.0 / n_rows);
+                }
+            } else if (kind == LOSS_MSE) {
+                const real *target = d->target + src * O;
+                for (j = 0; j < O; j++) {
+                    double diff = (double)yr[j] - target[j];
+                    total += diff * diff / O;
+                    if (dyr) dyr[j] = (real)(2.0 * diff / ((double)n_rows * O));
+                }
+            } else {
+                /* KL(p || q), p = softmax(reference), q = softmax(y) */
+                const real *ref = d->ref + src * O;
+                double lse_p = log_sum_exp(ref, O), lse_q = log_sum_exp(yr, O);
+                for (j = 0; j < O; j++) {
+                    double log_p = ref[j] - lse_p, log_q = yr[j] - lse_q, p = exp(log_p);
+                    if (p > 0) total += p * (log_p - log_q);
+                    if (dyr) dyr[j] = (real)((exp(log_q) - p) / n_rows);
+                }
+            }
+        }
+    }
+    return total / n_rows;
+}
+
+/* Runs ref_model over the dataset and stores its outputs in d->ref; unless
+ * the labels came from a file, also makes them the targets: the argmax for
+ * a categorical output, the value for a numerical one. */
+static void dataset_label(Dataset *d, const Model *ref_model, int batch_size) {
+    const ModelConfig *c = &ref_model->cfg;
+    int O = c->n_outputs, i, r, j, n;
+    Workspace *ws = workspace_new(c, batch_size);
+    int *samples = xmalloc((size_t)batch_size * sizeof(int), "a batch");
+    int *ids = xmalloc((size_t)ws->max_rows * sizeof(int), "a batch");
+    int *row_src = xmalloc((size_t)ws->max_rows * sizeof(int), "a batch");
+    int *seq_start = xmalloc((size_t)(batch_size + 1) * sizeof(int), "a batch");
+    for (i = 0; i < d->n; i += batch_size) {
+        const real *y;
+        Batch b;
+        n = d->n - i < batch_size ? d->n - i : batch_size;
+        for (j = 0; j < n; j++) samples[j] = i + j;
+        b = batch_gather(d, samples, n, ids, seq_start, row_src);
+        y = model_forward(c, &ref_model->w, ws, &b);
+        for (r = 0; r < b.n_rows; r++) {
+            size_t src = (size_t)row_src[r];
+            int is_bos = (int)(src % (size_t)d->stride) == 0;
+            memcpy(d->ref + src * O, y + (size_t)r * O, (size_t)O * sizeof(real));
+            if (d->labels_from_file) continue;
+            if (c->output_kind == OUTPUT_CATEGORICAL) {
+                int best = argmax(y + (size_t)r * O, O);
+                d->label[src] = is_bos ? -1 : best;
+                for (j = 0; j < O; j++) d->target[src * O + j] = (real)(j == best && !is_bos);
+            } else {
+                d->label[src] = -1;
+                d->target[src] = y[r];
+            }
+        }
+    }
+    free(samples);
+    free(ids);
+    free(row_src);
+    free(seq_start);
+    workspace_free(ws);
+}
+
+/* ---------------------------------------------------------------------------
+ * SGLD and the LLC, with devinterp's semantics (estimate_learning_coeff,
+ * devinterp 1.2/1.3):
+ *   w <- w - (lr/2) (nbeta grad L_batch(w) + localization (w - w*)) + sqrt(lr) N(0, noise_level^2)
+ *   step i is recorded as draw (i - burnin) / every when i >= burnin and
+ *   (i + 1 - burnin) % every == 0; the recorded value is the minibatch loss
+ *   before that step's update, so with no burn-in draw 0 is the loss at w*.
+ *   init_loss = mean loss at w* over the first min(chains, batches) batches
+ *   of the unshuffled samples; llc per chain = nbeta (mean of its draws -
+ *   init_loss), then mean and sample std over the chains.
+ * ------------------------------------------------------------------------- */
+
+double sgld_default_nbeta(int batch) {
+    return batch > 1 ? (double)batch / log((double)batch) : 1.0;
+}
+
+static int cpu_count(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+typedef struct {
+    const LlcProblem *p;
+    const SgldSettings *s;
+    LlcResult *r;
+    int next_chain;
+    long steps_done, steps_total;
+    unsigned long long n_updates, n_unchanged;
+    double t_start, t_last_report;
+#if LLC_THREADS
+    pthread_mutex_t lock;
+#endif
+} EstimateJob;
+
+static void job_lock(EstimateJob *job) {
+#if LLC_THREADS
+    pthread_mutex_lock(&job->lock);
+#else
+    (void)job;
+#endif
+}
+
+static void job_unlock(EstimateJob *job) {
+#if LLC_THREADS
+    pthread_mutex_unlock(&job->lock);
+#else
+    (void)job;
+#endif
+}
+
+/* Records finished steps and prints progress at most every two seconds. */
+static void job_report(EstimateJob *job, long steps) {
+    double now;
+    job_lock(job);
+    job->steps_done += steps;
+    now = now_seconds();
+    if (now - job->t_last_report >= 2.0) {
+        double elapsed = now - job->t_start, share = (double)job->steps_done / job->steps_total;
+        job->t_last_report = now;
+        progress("SGLD %ld/%ld steps (%.0f%%), %.1f s elapsed, about %.0f s left", job->steps_done,
+                 job->steps_total, 100.0 * share, elapsed, share > 0 ? elapsed / share - elapsed : 0.0);
+    }
+    job_unlock(job);
+}
+
+/* Returns the sample ids of minibatch `index` of an epoch, given its order. */
+static int batch_samples(const int *order, int n_samples, int batch, int index, const int **out) {
+    int start = index * batch;
+    *out = order + start;
+    return n_samples - start < batch ? n_samples - start : batch;
+}
+
+static void run_chain(EstimateJob *job, int c) {
+    const LlcProblem *p = job->p;
+    const SgldSettings *s = job->s;
+    LlcResult *r = job->r;
+    size_t n = p->n_params, j;
+    int n_batches = (p->n_samples + s->batch - 1) / s->batch;
+    long n_steps = (long)s->draws * s->every + s->burnin, i;
+    real *w = xmalloc(n * sizeof(real), "a chain's parameters");
+    real *grad = xmalloc(n * sizeof(real), "a chain's gradient");
+    int *order = xmalloc((size_t)p->n_samples * sizeof(int), "a chain's sample order");
+    const real half_lr = (real)(s->lr / 2), sqrt_lr = (real)sqrt(s->lr), nbeta = (real)r->nbeta;
+    const real localization = (real)s->localization, noise = (real)s->noise_level;
+    unsigned long long n_unchanged = 0;
+    long reported = 0;
+    void *chain;
+    Rng rng;
+    int k;
+
+    /* chain c uses the stream that starts c + 1 jumps after the seed's */
+    rng_seed(&rng, s->seed);
+    for (k = 0; k <= c; k++) rng_jump(&rng);
+    memcpy(w, p->w_star, n * sizeof(real));
+    for (k = 0; k < p->n_samples; k++) order[k] = k;
+    chain = p->chain_new(p, w);
+
+    for (i = 0; i < n_steps && !g_interrupted; i++) {
+        int b = (int)(i % n_batches), nb, diverged = 0;
+        const int *samples;
+        double loss;
+
+        if (b == 0 && s->shuffle) rng_shuffle(&rng, order, p->n_samples);
+        nb = batch_samples(order, p->n_samples, s->batch, b, &samples);
+        loss = p->loss_grad(chain, samples, nb, grad);
+
+        if (i >= s->burnin && (i + 1 - s->burnin) % s->every == 0) {
+            int draw = (int)((i - s->burnin) / s->every);
+            r->loss_trace[(size_t)c * s->draws + draw] = loss;
+            if (isfinite(loss)) r->draws_done[c] = draw + 1;
+        }
+
+        /* w <- w - (lr/2)(nbeta g + localization (w - w*)) + sqrt(lr) noise xi */
+        for (j = 0; j < n; j++) {
+            real old = w[j];
+            real drift = nbeta * grad[j] + localization * (old - p->w_star[j]);
+            real step = -half_lr * drift + sqrt_lr * noise * (real)rng_normal(&rng);
+            w[j] = old + step;
+            n_unchanged += w[j] == old && step != 0;
+            diverged |= !isfinite(w[j]);
+        }
+        if (!isfinite(loss) || diverged) {
+            r->diverged_step[c] = (int)i;
+            r->diverged_draw[c] = i >= s->burnin ? (int)((i - s->burnin) / s->every) : -1;
+            break;
+        }
+        if (((i + 1) & 15) == 0) {
+            job_report(job, i + 1 - reported);
+            reported = i + 1;
+        }
+    }
+    job_report(job, i - reported);
+    job_lock(job);
+    job->n_updates += (unsigned long long)i * n;
+    job->n_unchanged += n_unchanged;
+    job_unlock(job);
+
+    p->chain_free(chain);
+    free(w);
+    free(grad);
+    free(order);
+}
+
+static void *chain_worker(void *arg) {
+    EstimateJob *job = arg;
+    for (;;) {
+        int c;
+        job_lock(job);
+        c = job->next_chain++;
+        job_unlock(job);
+        if (c >= job->s->chains) break;
+        run_chain(job, c);
+    }
+    return NULL;
+}
+
+/* Mean loss at w* over the first min(chains, batches) unshuffled batches. */
+static double initial_loss(const LlcProblem *p, const SgldSettings *s) {
+    int n_batches = (p->n_samples + s->batch - 1) / s->batch, k, nb;
+    int use = s->chains < n_batches ? s->chains : n_batches;
+    int *order = xmalloc((size_t)p->n_samples * sizeof(int), "the sample order");
+    real *w = xmalloc(p->n_params * sizeof(real), "a copy of w*");
+    void *chain;
+    double sum = 0.0;
+    memcpy(w, p->w_star, p->n_params * sizeof(real));
+    for (k = 0; k < p->n_samples; k++) order[k] = k;
+    chain = p->chain_new(p, w);
+    for (k = 0; k < use; k++) {
+        const int *samples;
+        nb = batch_samples(order, p->n_samples, s->batch, k, &samples);
+        sum += p->loss_grad(chain, samples, nb, NULL);
+    }
+    p->chain_free(chain);
+    free(order);
+    free(w);
+    return sum / use;
+}
+
+int llc_estimate(const LlcProblem *p, const SgldSettings *s, LlcResult *r) {
+    EstimateJob job;
+    int c, n_threads, n_ok = 0;
+    double sum = 0.0, sq = 0.0;
+
+    memset(r, 0, sizeof *r);
+    if (s->chains < 1 || s->draws < 1 || s->every < 1 || s->burnin < 0 || s->batch < 1 ||
+        p->n_samples < 1 || !(s->lr > 0))
+        return -1;
+    r->chains = s->chains;
+    r->draws = s->draws;
+    r->nbeta = s->nbeta > 0 ? s->nbeta : sgld_default_nbeta(s->batch);
+    r->loss_trace = xmalloc((size_t)s->chains * s->draws * sizeof(double), "the loss trace");
+    r->llc_chain = xcalloc((size_t)s->chains, sizeof(double), "the chain results");
+    r->diverged_step = xmalloc((size_t)s->chains * sizeof(int), "the chain results");
+    r->diverged_draw = xmalloc((size_t)s->chains * sizeof(int), "the chain results");
+    r->draws_done = xcalloc((size_t)s->chains, sizeof(int), "the chain results");
+    for (c = 0; c < s->chains * s->draws; c++) r->loss_trace[c] = NAN;
+    for (c = 0; c < s->chains; c++) r->diverged_step[c] = r->diverged_draw[c] = -1;
+
+    memset(&job, 0, sizeof job);
+    job.p = p;
+    job.s = s;
+    job.r = r;
+    job.steps_total = (long)s->chains * ((long)s->draws * s->every + s->burnin);
+    job.t_start = job.t_last_report = now_seconds();
+    r->init_loss = initial_loss(p, s);
+
+    n_threads = s->threads > 0 ? s->threads : cpu_count();
+    if (n_threads > s->chains) n_threads = s->chains;
+#if LLC_THREADS
+    pthread_mutex_init(&job.lock, NULL);
+    if (n_threads > 1) {
+        pthread_t *tid = xmalloc((size_t)n_threads * sizeof(pthread_t), "threads");
+        int started = 0;
+        for (c = 0; c < n_threads; c++)
+            if (pthread_create(&tid[c], NULL, chain_worker, &job) == 0) started++;
+            else break;
+        if (started == 0) chain_worker(&job);
+        for (c = 0; c < started; c++) pthread_join(tid[c], NULL);
+        free(tid);
+    } else {
+        chain_worker(&job);
+    }
+    pthread_mutex_destroy(&job.lock);
+#else
+    chain_worker(&job);
+#endif
+
+    /* per chain: nbeta (mean draw - init loss) over the draws it recorded */
+    for (c = 0; c < s->chains; c++) {
+        double mean = 0.0;
+        int d, n_draws = r->draws_done[c];
+        if (r->diverged_step[c] >= 0 || n_draws == 0) {
+            r->llc_chain[c] = NAN;
+            r->n_diverged += r->diverged_step[c] >= 0;
+            continue;
+        }
+        for (d = 0; d < n_draws; d++) mean += r->loss_trace[(size_t)c * s->draws + d];
+        mean /= n_draws;
+        r->llc_chain[c] = r->nbeta * (mean - r->init_loss);
+        sum += r->llc_chain[c];
+        n_ok++;
+    }
+    r->llc_mean = n_ok > 0 ? sum / n_ok : NAN;
+    for (c = 0; c < s->chains; c++)
+        if (isfinite(r->llc_chain[c])) sq += (r->llc_chain[c] - r->llc_mean) * (r->llc_chain[c] - r->llc_mean);
+    r->llc_std = n_ok > 1 ? sqrt(sq / (n_ok - 1)) : NAN;
+    r->unchanged_fraction = job.n_updates ? (double)job.n_unchanged / (double)job.n_updates : 0.0;
+    r->seconds = now_seconds() - job.t_start;
+    r->interrupted = g_interrupted != 0;
+    return 0;
+}
+
+void llc_result_free(LlcResult *r) {
+    free(r->loss_trace);
+    free(r->llc_chain);
+    free(r->diverged_step);
+    free(r->diverged_draw);
+    free(r->draws_done);
+    memset(r, 0, sizeof *r);
+}
+
+/* The LlcProblem of a model: its trainable parameters, a dataset and a loss. */
+typedef struct {
+    const Model *m;
+    const Dataset *data;
+    LossKind loss;
+    int max_batch;
+} ModelProblem;
+
+typedef struct {
+    const ModelProblem *mp;
+    Weights w;           /* trainable tensors at the chain's w, fixed ones shared with the model */
+    Weights g;           /* gradients, same layout */
+    real *grad_fixed;    /* gradient of the fixed tensors, computed and discarded */
+    Workspace *ws;
+    int *ids, *seq_start, *row_src;
+    real *dy;
+} ModelChain;
+
+static void *model_chain_new(const LlcProblem *p, real *w) {
+    const ModelProblem *mp = p->ctx;
+    const Model *m = mp->m;
+    ModelChain *ch = xcalloc(1, sizeof(ModelChain), "a chain");
+    ch->mp = mp;
+    weights_alloc(m, &ch->w);
+    weights_alloc(m, &ch->g);
+    weights_bind(m, w, m->fixed, &ch->w);
+    ch->grad_fixed = xcalloc(m->n_fixed, sizeof(real), "a chain's gradient");
+    ch->ws = workspace_new(&m->cfg, mp->max_batch);
+    ch->ids = xmalloc((size_t)ch->ws->max_rows * sizeof(int), "a batch");
+    ch->row_src = xmalloc((size_t)ch->ws->max_rows * sizeof(int), "a batch");
+    ch->seq_start = xmalloc((size_t)(mp->max_batch + 1) * sizeof(int), "a batch");
+    ch->dy = xmalloc((size_t)ch->ws->max_rows * m->cfg.n_outputs * sizeof(real), "a batch");
+    return ch;
+}
+
+static double model_loss_grad(void *chain, const int *samples, int n, real *grad) {
+    ModelChain *ch = chain;
+    const Model *m = ch->mp->m;
+    Batch b = batch_gather(ch->mp->data, samples, n, ch->ids, ch->seq_start, ch->row_src);
+    const real *y = model_forward(&m->cfg, &ch->w, ch->ws, &b);
+    double loss = loss_compute(ch->mp->loss, y, &b, ch->row_src, ch->mp->data, grad ? ch->dy : NULL);
+    if (grad) {
+        memset(grad, 0, m->n_params * sizeof(real));
+        memset(ch->grad_fixed, 0, m->n_fixed * sizeof(real));
+        weights_bind(m, grad, ch->grad_fixed, &ch->g);
+        model_backward(&m->cfg, &ch->w, &ch->g, ch->ws, ch->dy);
+    }
+    return loss;
+}
+
+static void model_chain_free(void *chain) {
+    ModelChain *ch = chain;
+    free(ch->w.layer);
+    free(ch->g.layer);
+    free(ch->grad_fixed);
+    workspace_free(ch->ws);
+    free(ch->ids);
+    free(ch->row_src);
+    free(ch->seq_start);
+    free(ch->dy);
+    free(ch);
+}
+
+static LlcProblem model_problem(ModelProblem *mp) {
+    LlcProblem p;
+    p.n_params = mp->m->n_params;
+    p.w_star = mp->m->params;
+    p.n_samples = mp->data->n;
+    p.ctx = mp;
+    p.chain_new = model_chain_new;
+    p.loss_grad = model_loss_grad;
+    p.chain_free = model_chain_free;
+    return p;
+}
+
+/* ---------------------------------------------------------------------------
+ * Distillation: Adam on a student's trainable parameters.
+ * ------------------------------------------------------------------------- */
+
+/* Adam as PyTorch's torch.optim.Adam (no weight decay, no amsgrad). */
+typedef struct {
+    size_t n;
+    double lr, beta1, beta2, eps;
+    long t;            /* steps taken */
+    real *m, *v;       /* [n] first and second moment estimates */
+} Adam;
+
+static void adam_init(Adam *a, size_t n, double lr) {
+    a->n = n;
+    a->lr = lr;
+    a->beta1 = 0.9;
+    a->beta2 = 0.999;
+    a->eps = 1e-8;
+    a->t = 0;
+    a->m = xcalloc(n, sizeof(real), "Adam's moments");
+    a->v = xcalloc(n, sizeof(real), "Adam's moments");
+}
+
+static void adam_free(Adam *a) {
+    free(a->m);
+    free(a->v);
+    a->m = a->v = NULL;
+}
+
+/* w -= lr * m_hat / (sqrt(v_hat) + eps), with bias-corrected moments. */
+static void adam_step(Adam *a, real *w, const real *grad) {
+    size_t j;
+    double c1, c2;
+    a->t++;
+    c1 = 1.0 - pow(a->beta1, (double)a->t);
+    c2 = 1.0 - pow(a->beta2, (double)a->t);
+    for (j = 0; j < a->n; j++) {
+        double m_hat, v_hat;
+        a->m[j] = (real)(a->beta1 * a->m[j] + (1.0 - a->beta1) * grad[j]);
+        a->v[j] = (real)(a->beta2 * a->v[j] + (1.0 - a->beta2) * (double)grad[j] * grad[j]);
+        m_hat = a->m[j] / c1;
+        v_hat = a->v[j] / c2;
+        w[j] -= (real)(a->lr * m_hat / (sqrt(v_hat) + a->eps));
+    }
+}
+
+/* ---------------------------------------------------------------------------
+ * Command line. Results go to stdout, progress and diagnostics to stderr.
+ * Exit status: 0 success, 1 failure, 2 usage error, 130 interrupted.
+ * ------------------------------------------------------------------------- */
+
+#ifndef LLC_TESTING
+
+typedef enum { OPT_FLAG, OPT_INT, OPT_REAL, OPT_STRING, OPT_U64 } OptionKind;
+
+typedef struct {
+    const char *name;      /* "--lr" */
+    OptionKind kind;
+    void *dest;            /* int (flags too), double, const char *, or uint64_t */
+    double min, max;       /* valid range of a number, inclusive */
+    int min_exclusive;     /* the number must be greater than min */
+    const char *metavar;
+    const char *help;
+    const char *choices;   /* "a|b|c": the allowed strings */
+} Option;
+
+typedef struct {
+    const char *name;
+    const char *usage;     /* after "llc NAME " */
+    const char *summary;
+    int min_positional, max_positional;
+    const char *details;   /* printed after the options, or NULL */
+} Command;
+
+static void print_option_default(const Option *o) {
+    switch (o->kind) {
+    case OPT_INT: printf(" (default %d)", *(int *)o->dest); break;
+    case OPT_REAL:
+        if (isfinite(*(double *)o->dest)) printf(" (default %g)", *(double *)o->dest);
+        break;
+    case OPT_U64: printf(" (default %llu)", (unsigned long long)*(uint64_t *)o->dest); break;
+    case OPT_STRING:
+        if (*(const char **)o->dest) printf(" (default %s)", *(const char **)o->dest);
+        break;
+    default: break;
+    }
+}
+
+static void print_help(const Command *cmd, const Option *opts) {
+    int i;
+    printf("usage: llc %s %s\n\n%s\n", cmd->name, cmd->usage, cmd->summary);
+    if (opts && opts[0].name) printf("\noptions:\n");
+    for (i = 0; opts && opts[i].name; i++) {
+        char left[64];
+        snprintf(left, sizeof left, "%s%s%s", opts[i].name, opts[i].metavar ? " " : "",
+                 opts[i].metavar ? opts[i].metavar : "");
+        printf("  %-22s %s", left, opts[i].help);
+        print_option_default(&opts[i]);
+        printf("\n");
+    }
+    printf("  %-22s %s\n", "--help", "show this help and exit");
+    if (cmd->details) printf("\n%s", cmd->details);
+}
+
+static void usage_error(const Command *cmd, const char *fmt, ...) {
+    va_list ap;
+    fprintf(stderr, "llc %s: ", cmd->name);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, " (see llc %s --help)\n", cmd->name);
+    exit(2);
+}
+
+static void describe_range(char *out, size_t n, const Option *o) {
+    const char *what = o->kind == OPT_REAL ? "a number" : "an integer";
+    if (isinf(o->max))
+        snprintf(out, n, "%s %s %g", what, o->min_exclusive ? ">" : ">=", o->min);
+    else
+        snprintf(out, n, "%s in %s%g, %g]", what, o->min_exclusive ? "(" : "[", o->min, o->max);
+}
+
+static void parse_option_value(const Command *cmd, const Option *o, const char *value) {
+    char *end = NULL, range[96];
+    describe_range(range, sizeof range, o);
+    errno = 0;
+    if (o->kind == OPT_STRING) {
+        if (o->choices) {
+            const char *c = o->choices;
+            size_t len = strlen(value);
+            int found = 0;
+            while (*c && !found) {
+                const char *bar = strchr(c, '|');
+                size_t n = bar ? (size_t)(bar - c) : strlen(c);
+                found = n == len && !strncmp(c, value, n);
+                c += n + (bar != NULL);
+            }
+            if (!found) usage_error(cmd, "%s must be one of %s, got \"%s\"", o->name, o->choices, value);
+        }
+        *(const char **)o->dest = value;
+    } else if (o->kind == OPT_U64) {
+        unsigned long long v = strtoull(value, &end, 10);
+        if (!*value || *end || errno || value[0] == '-')
+            usage_error(cmd, "%s must be a non-negative integer, got \"%s\"", o->name, value);
+        *(uint64_t *)o->dest = (uint64_t)v;
+    } else {
+        double v = strtod(value, &end);
+        if (!*value || *end || errno == ERANGE || !isfinite(v))
+            usage_error(cmd, "%s must be %s, got \"%s\"", o->name, range, value);
+        if (o->kind == OPT_INT && (v != floor(v)))
+            usage_error(cmd, "%s must be %s, got \"%s\"", o->name, range, value);
+        if (v < o->min || v > o->max || (o->min_exclusive && v <= o->min))
+            usage_error(cmd, "%s must be %s, got \"%s\"", o->name, range, value);
+        if (o->kind == OPT_INT) *(int *)o->dest = (int)v;
+        else *(double *)o->dest = v;
+    }
+}
+
+/* Parses argv (after the command name); returns the positional arguments. */
+static int parse_args(const Command *cmd, const Option *opts, int argc, char **argv, char **positional) {
+    int i, n = 0, only_positional = 0;
+    for (i = 0; i < argc; i++) {
+        const char *arg = argv[i];
+        if (!only_positional && !strcmp(arg, "--")) {
+            only_positional = 1;
+        } else if (!only_positional && (!strcmp(arg, "--help") || !strcmp(arg, "-h"))) {
+            print_help(cmd, opts);
+            exit(0);
+        } else if (!only_positional && arg[0] == '-' && arg[1] == '-') {
+            const char *eq = strchr(arg, '=');
+            size_t len = eq ? (size_t)(eq - arg) : strlen(arg);
+            const Option *o = NULL;
+            int k;
+            for (k = 0; opts && opts[k].name; k++)
+                if (strlen(opts[k].name) == len && !strncmp(opts[k].name, arg, len)) o = &opts[k];
+            if (!o) usage_error(cmd, "unknown option %.*s", (int)len, arg);
+            if (o->kind == OPT_FLAG) {
+                if (eq) usage_error(cmd, "option %s takes no value", o->name);
+                *(int *)o->dest = 1;
+            } else if (eq) {
+                parse_option_value(cmd, o, eq + 1);
+            } else {
+                if (i + 1 >= argc) usage_error(cmd, "option %s needs a value (%s)", o->name, o->metavar);
+                parse_option_value(cmd, o, argv[++i]);
+            }
+        } else {
+            if (n >= cmd->max_positional)
+                usage_error(cmd, "unexpected argument \"%s\"", arg);
+            positional[n++] = argv[i];
+        }
+    }
+    if (n < cmd->min_positional) usage_error(cmd, "missing arguments; usage: llc %s %s", cmd->name, cmd->usage);
+    return n;
+}
+
+static void load_model_or_exit(Model *m, const char *path) {
+    if (model_load(m, path) != 0) exit(1);
+}
+
+static const char *model_program(const Model *m) {
+    const char *p = model_meta(m, "program");
+    return p ? p : "unknown program";
+}
+
+static double model_sparsity(const Model *m, size_t nonzero) {
+    return m->n_params ? (double)nonzero / (double)m->n_params : 0.0;
+}
+
+/* llc info ---------------------------------------------------------------- */
+
+static int cmd_info(int argc, char **argv) {
+    static const Command cmd = {"info", "MODEL [--json]",
+                                "Print a model's configuration, size and sparsity "
+                                "(non-zero parameters / parameters).", 1, 1, NULL};
+    int as_json = 0, i;
+    Option opts[] = {{"--json", OPT_FLAG, &as_json, 0, 0, 0, NULL, "print JSON instead of text", NULL},
+                     {NULL, OPT_FLAG, NULL, 0, 0, 0, NULL, NULL, NULL}};
+    char *pos[1];
+    Model m;
+    size_t nonzero;
+    const ModelConfig *c;
+
+    parse_args(&cmd, opts, argc, argv, pos);
+    load_model_or_exit(&m, pos[0]);
+    c = &m.cfg;
+    nonzero = model_count_nonzero(&m);
+
+    if (as_json) {
+        Json j;
+        json_init(&j, stdout);
+        j.inline_depth = 2;
+        json_object(&j, NULL);
+        json_str(&j, "path", pos[0]);
+        json_str(&j, "program", model_meta(&m, "program"));
+        json_int(&j, "n_layers", c->n_layers);
+        json_int(&j, "n_heads", c->n_heads);
+        json_int(&j, "d_model", c->d_model);
+        json_int(&j, "d_head", c->d_head);
+        json_int(&j, "d_mlp", c->d_mlp);
+        json_int(&j, "max_seq_len", c->max_seq_len);
+        json_bool(&j, "causal", c->causal);
+        json_int(&j, "n_vocab", c->n_vocab);
+        json_array(&j, "vocab");
+        for (i = 0; i < c->n_vocab; i++) json_str(&j, NULL, m.vocab[i]);
+        json_array_end(&j);
+        json_int(&j, "bos_id", c->bos_id);
+        json_int(&j, "pad_id", c->pad_id);
+        json_str(&j, "output", c->output_kind == OUTPUT_CATEGORICAL ? "categorical" : "numerical");
+        json_array(&j, "output_values");
+        for (i = 0; i < c->n_outputs; i++) json_str(&j, NULL, m.output_values[i]);
+        json_array_end(&j);
+        if (m.output_dims) {
+            json_array(&j, "output_dims");
+            for (i = 0; i < c->n_outputs; i++) json_int(&j, NULL, m.output_dims[i]);
+            json_array_end(&j);
+        } else {
+            json_str(&j, "output_dims", NULL);
+        }
+        json_int(&j, "n_params", (long long)m.n_params);
+        json_int(&j, "n_nonzero", (long long)nonzero);
+        json_num(&j, "sparsity", model_sparsity(&m, nonzero));
+        json_int(&j, "n_fixed", (long long)m.n_fixed);
+        json_object(&j, "meta");
+        for (i = 0; i < m.n_meta; i++) json_str(&j, m.meta_keys[i], m.meta_values[i]);
+        json_object_end(&j);
+        json_object_end(&j);
+    } else {
+        printf("model        %s\n", pos[0]);
+        for (i = 0; i < m.n_meta; i++)
+            if (!strcmp(m.meta_keys[i], "program") || !strcmp(m.meta_keys[i], "source") ||
+                !strcmp(m.meta_keys[i], "teacher"))
+                printf("%-12s %s\n", m.meta_keys[i], m.meta_values[i]);
+        printf("n_layers     %d\nn_heads      %d\nd_model      %d\nd_head       %d\n", c->n_layers,
+               c->n_heads, c->d_model, c->d_head);
+        printf("d_mlp        %d\nmax_seq_len  %d%s\n", c->d_mlp, c->max_seq_len,
+               c->causal ? "\nattention    causal" : "");
+        printf("vocab       ");
+        for (i = 0; i < c->n_vocab; i++) printf(" %s", m.vocab[i]);
+        printf("  (bos_id %d, pad_id %d)\n", c->bos_id, c->pad_id);
+        if (c->output_kind == OUTPUT_CATEGORICAL) {
+            printf("output       categorical, %d values:", c->n_outputs);
+            for (i = 0; i < c->n_outputs; i++) printf(" %s", m.output_values[i]);
+            printf("\n");
+        } else {
+            printf("output       numerical (%s)\n", m.output_values[0]);
+        }
+        printf("n_params     %zu\nn_nonzero    %zu\nsparsity     %.6g (n_nonzero / n_params)\n",
+               m.n_params, nonzero, model_sparsity(&m, nonzero));
+        if (m.n_fixed)
+            printf("n_fixed      %zu (fixed values such as the output projection; not parameters)\n",
+                   m.n_fixed);
+    }
+    model_free(&m);
+    return 0;
+}
+
+/* llc run ----------------------------------------------------------------- */
+
+static void print_value(double v) {
+    printf("%.9g", v);
+}
+
+/* Prints the outputs of batch row r: decoded values, or with raw the
+ * output-space values of every position, BOS included, one line each. */
+static void print_outputs(const Model *m, const real *y, int n_rows, int raw) {
+    const ModelConfig *c = &m->cfg;
+    int t, j;
+    for (t = raw ? 0 : 1; t < n_rows; t++) {
+        const real *yt = y + (size_t)t * c->n_outputs;
+        if (raw) {
+            for (j = 0; j < c->n_outputs; j++) {
+                if (j) printf(" ");
+                print_value(yt[j]);
+            }
+            printf("\n");
+        } else {
+            if (t > 1) printf(" ");
+            if (c->output_kind == OUTPUT_CATEGORICAL) printf("%s", m->output_values[argmax(yt, c->n_outputs)]);
+            else print_value(yt[0]);
+        }
+    }
+    if (!raw) printf("\n");
+}
+
+static int cmd_run(int argc, char **argv) {
+    static const Command cmd = {
+        "run", "MODEL TOKEN... | MODEL --inputs FILE [--raw]",
+        "Run the model and print one output per input token, space separated.\n"
+        "BOS is added in front of the tokens (a leading BOS token is accepted and not doubled).\n"
+        "Categorical outputs are decoded by argmax; numerical outputs are printed as numbers.",
+        1, 1 << 20,
+        "With --inputs, each line of FILE is one input (tokens separated by spaces) and each\n"
+        "gives one line of outputs; with --raw, a block of lines followed by a blank line.\n"
+        "Use -- before tokens that start with \"--\".\n"};
+    int raw = 0, n_pos, n_tok, t, j, i, *ids, seq_start[2];
+    const char *inputs = NULL;
+    Option opts[] = {{"--raw", OPT_FLAG, &raw, 0, 0, 0, NULL,
+                      "print the output-space values instead: one line per position, BOS first", NULL},
+                     {"--inputs", OPT_STRING, &inputs, 0, 0, 0, "FILE", "read inputs from FILE, one per line",
+                      NULL},
+                     {NULL, OPT_FLAG, NULL, 0, 0, 0, NULL, NULL, NULL}};
+    char **pos = xmalloc((size_t)(argc + 1) * sizeof(char *), "arguments");
+    Model m;
+    Workspace *ws;
+    Batch b;
+    const ModelConfig *c;
+
+    n_pos = parse_args(&cmd, opts, argc, argv, pos);
+    if (inputs && n_pos > 1) usage_error(&cmd, "give input tokens or --inputs, not both");
+    if (!inputs && n_pos < 2) usage_error(&cmd, "missing input tokens");
+    load_model_or_exit(&m, pos[0]);
+    c = &m.cfg;
+    ws = workspace_new(c, 1);
+
+    if (inputs) {
+        Dataset d;
+        if (dataset_read(&d, &m, inputs) != 0) return 1;
+        for (i = 0; i < d.n; i++) {
+            int *row_src = xmalloc((size_t)d.stride * sizeof(int), "a batch");
+            int *seq_ids = xmalloc((size_t)d.stride * sizeof(int), "a batch");
+            b = batch_gather(&d, &i, 1, seq_ids, seq_start, row_src);
+            print_outputs(&m, model_forward(c, &m.w, ws, &b), b.n_rows, raw);
+            if (raw) printf("\n");
+            free(row_src);
+            free(seq_ids);
+        }
+        dataset_free(&d);
+    } else {
+        n_tok = n_pos - 1;
+        ids = xmalloc((size_t)(n_tok + 1) * sizeof(int), "the input");
+        ids[0] = c->bos_id;
+        for (t = 1, j = 1; j < n_pos; j++) {
+            int id = vocab_lookup(&m, pos[j]);
+            if (j == 1 && id == c->bos_id) {
+                n_tok--;
+                continue;
+            }
+            if (id < 0 || id == c->bos_id) {
+                fprintf(stderr, "llc run: token \"%s\" is not in the vocabulary of %s:", pos[j], pos[0]);
+                for (id = 0; id < c->n_vocab; id++)
+                    if (id != c->bos_id) fprintf(stderr, " %s", m.vocab[id]);
+                fprintf(stderr, "\n");
+                return 2;
+            }
+            ids[t++] = id;
+        }
+        if (n_tok < 1 || n_tok > c->max_seq_len) {
+            fprintf(stderr, "llc run: %d tokens given; %s takes 1 to max_seq_len = %d tokens\n", n_tok,
+                    pos[0], c->max_seq_len);
+            return 2;
+        }
+        seq_start[0] = 0;
+        seq_start[1] = n_tok + 1;
+        b.n_seqs = 1;
+        b.n_rows = n_tok + 1;
+        b.ids = ids;
+        b.seq_start = seq_start;
+        print_outputs(&m, model_forward(c, &m.w, ws, &b), b.n_rows, raw);
+        free(ids);
+    }
+    workspace_free(ws);
+    model_free(&m);
+    free(pos);
+    return 0;
+}
+
+/* llc estimate ------------------------------------------------------------ */
+
+/* Checks that a teacher reads the same inputs and writes the same outputs. */
+static int check_teacher(const Model *student, const Model *teacher, const char *teacher_path) {
+    const ModelConfig *s = &student->cfg, *t = &teacher->cfg;
+    int i;
+    if (s->n_vocab != t->n_vocab || s->bos_id != t->bos_id || s->max_seq_len != t->max_seq_len ||
+        s->n_outputs != t->n_outputs || s->output_kind != t->output_kind) {
+        fprintf(stderr, "%s: teacher %s does not match the model: vocab size, BOS id, max_seq_len and "
+                        "outputs must be equal\n", g_program, teacher_path);
+        return -1;
+    }
+    for (i = 0; i < s->n_vocab; i++) {
+        if (strcmp(student->vocab[i], teacher->vocab[i]) != 0) {
+            fprintf(stderr, "%s: teacher %s has token \"%s\" at id %d where the model has \"%s\"\n",
+                    g_program, teacher_path, teacher->vocab[i], i, student->vocab[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Loads the teacher named on the command line, or else the one recorded in
+ * the student's metadata (a relative path there is tried as given, then
+ * next to the student file). Returns 1 when loaded, 0 when there is none. */
+static int load_teacher(Model *teacher, const Model *m, const char *model_path, const char *given) {
+    const char *path = given ? given : model_meta(m, "teacher");
+    char *alt = NULL;
+    int rc;
+    if (!path) return 0;
+    if (!given && path[0] != '/' && access(path, R_OK) != 0) {
+        const char *slash = strrchr(model_path, '/');
+        if (slash) {
+            size_t n = (size_t)(slash - model_path) + strlen(path) + 2;
+            alt = xmalloc(n, "a path");
+            snprintf(alt, n, "%.*s/%s", (int)(slash - model_path), model_path, path);
+            path = alt;
+        }
+    }
+    rc = model_load(teacher, path);
+    if (rc == 0 && check_teacher(m, teacher, path) != 0) {
+        model_free(teacher);
+        rc = -1;
+    }
+    free(alt);
+    if (rc != 0) exit(1);
+    return 1;
+}
+
+static LossKind resolve_loss(const char *name, const Model *m, int has_teacher, const char *cmd) {
+    int numerical = m->cfg.output_kind == OUTPUT_NUMERICAL;
+    if (!strcmp(name, "auto")) {
+        if (numerical) return LOSS_MSE;
+        return has_teacher ? LOSS_KL : LOSS_CE;
+    }
+    if (numerical && strcmp(name, "mse") != 0) {
+        fprintf(stderr, "llc %s: --loss %s needs a categorical output, and this model's output is "
+                        "numerical (use --loss mse)\n", cmd, name);
+        exit(2);
+    }
+    return !strcmp(name, "ce") ? LOSS_CE : !strcmp(name, "mse") ? LOSS_MSE : LOSS_KL;
+}
+
+static void write_trace_csv(FILE *f, const LlcResult *r, const SgldSettings *s) {
+    int c, d;
+    fprintf(f, "chain,draw,step,loss\n");
+    for (c = 0; c < r->chains; c++) {
+        for (d = 0; d < r->draws; d++) {
+            double v = r->loss_trace[(size_t)c * r->draws + d];
+            if (d >= r->draws_done[c] && !isfinite(v)) continue;
+            fprintf(f, "%d,%d,%ld,%.9g\n", c, d, (long)s->burnin + (long)d * s->every + s->every - 1, v);
+        }
+    }
+}
+
+typedef struct {
+    const char *model_path, *teacher_path, *inputs_path, *loss;
+    int n_samples;
+    const Model *m;
+    size_t n_nonzero;
+} EstimateInfo;
+
+static void write_estimate_json(FILE *f, const EstimateInfo *info, const SgldSettings *s,
+                                const LlcResult *r) {
+    Json j;
+    int c, d;
+    json_init(&j, f);
+    j.inline_depth = 3;
+    json_object(&j, NULL);
+    json_str(&j, "model", info->model_path);
+    json_str(&j, "program", model_meta(info->m, "program"));
+    json_int(&j, "max_seq_len", info->m->cfg.max_seq_len);
+    json_int(&j, "n_params", (long long)info->m->n_params);
+    json_int(&j, "n_nonzero", (long long)info->n_nonzero);
+    json_num(&j, "sparsity", model_sparsity(info->m, info->n_nonzero));
+    json_str(&j, "loss", info->loss);
+    json_bool(&j, "complete", !r->interrupted);
+    json_num(&j, "llc_mean", r->llc_mean);
+    json_num(&j, "llc_std", r->llc_std);
+    json_num(&j, "init_loss", r->init_loss);
+    json_array(&j, "llc_chains");
+    for (c = 0; c < r->chains; c++) json_num(&j, NULL, r->llc_chain[c]);
+    json_array_end(&j);
+    json_array(&j, "diverged_chains");
+    for (c = 0; c < r->chains; c++) {
+        if (r->diverged_step[c] < 0) continue;
+        j.inline_depth = 2;
+        json_object(&j, NULL);
+        json_int(&j, "chain", c);
+        json_int(&j, "step", r->diverged_step[c]);
+        json_int(&j, "draw", r->diverged_draw[c]);
+        json_object_end(&j);
+        j.inline_depth = 3;
+    }
+    json_array_end(&j);
+    json_num(&j, "unchanged_update_fraction", r->unchanged_fraction);
+    json_num(&j, "seconds", r->seconds);
+    json_object(&j, "settings");
+    json_num(&j, "lr", s->lr);
+    json_num(&j, "nbeta", r->nbeta);
+    json_num(&j, "localization", s->localization);
+    json_int(&j, "chains", s->chains);
+    json_int(&j, "draws", s->draws);
+    json_int(&j, "burnin", s->burnin);
+    json_int(&j, "every", s->every);
+    json_int(&j, "batch", s->batch);
+    json_int(&j, "samples", info->n_samples);
+    json_int(&j, "seed", (long long)s->seed);
+    json_str(&j, "inputs", info->inputs_path);
+    json_str(&j, "teacher", info->teacher_path);
+    json_str(&j, "precision", LLC_REAL_NAME);
+    json_object_end(&j);
+    json_array(&j, "loss_trace");
+    for (c = 0; c < r->chains; c++) {
+        json_array(&j, NULL);
+        for (d = 0; d < r->draws; d++) json_num(&j, NULL, r->loss_trace[(size_t)c * r->draws + d]);
+        json_array_end(&j);
+    }
+    json_array_end(&j);
+    json_object_end(&j);
+}
+
+static int cmd_estimate(int argc, char **argv) {
+    static const Command cmd = {
+        "estimate", "MODEL [options]",
+        "Estimate the local learning coefficient (LLC) of MODEL at its weights w* with SGLD,\n"
+        "as devinterp's estimate_learning_coeff does. Each step moves the trainable parameters by\n"
+        "  w <- w - (lr/2) (nbeta grad L(w) + localization (w - w*)) + sqrt(lr) N(0, I)\n"
+        "and the LLC of a chain is nbeta (mean loss over its draws - loss at w*).",
+        1, 1,
+        "Losses (mean over the non-BOS positions of a minibatch):\n"
+        "  ce   cross-entropy of the output logits against the reference's argmax labels\n"
+        "  mse  squared error against the reference's values (categorical: one-hot labels)\n"
+        "  kl   KL(reference || model) of the output distributions\n"
+        "  auto kl for a student with a teacher, mse for a numerical output, else ce\n"
+        "The reference is the teacher when one is given or recorded in MODEL, else MODEL\n"
+        "itself at w*. Inputs are random full-length sequences unless --inputs is given.\n"};
+    SgldSettings s;
+    int n_samples = 1024, quiet = 0, has_teacher, i;
+    const char *loss_arg = "auto", *teacher_arg = NULL, *inputs = NULL, *json_path = NULL,
+               *trace_path = NULL;
+    double nbeta = NAN;
+    Option opts[] = {
+        {"--lr", OPT_REAL, &s.lr, 0, INFINITY, 1, "EPS", "SGLD step size epsilon", NULL},
+        {"--nbeta", OPT_REAL, &nbeta, 0, INFINITY, 1, "NB",
+         "inverse temperature n*beta (default batch / ln(batch))", NULL},
+        {"--localization", OPT_REAL, &s.localization, 0, INFINITY, 0, "G",
+         "strength gamma of the pull towards w*", NULL},
+        {"--chains", OPT_INT, &s.chains, 1, 100000, 0, "N", "independent SGLD chains", NULL},
+        {"--draws", OPT_INT, &s.draws, 1, 1e8, 0, "N", "recorded draws per chain", NULL},
+        {"--burnin", OPT_INT, &s.burnin, 0, 1e9, 0, "N", "steps before the first draw", NULL},
+        {"--every", OPT_INT, &s.every, 1, 1e6, 0, "N", "steps between draws", NULL},
+        {"--batch", OPT_INT, &s.batch, 1, 1e6, 0, "N", "sequences per minibatch", NULL},
+        {"--samples", OPT_INT, &n_samples, 1, 1e8, 0, "N", "random input sequences", NULL},
+        {"--seed", OPT_U64, &s.seed, 0, 0, 0, "N", "seed of the inputs and the SGLD noise", NULL},
+        {"--loss", OPT_STRING, &loss_arg, 0, 0, 0, "NAME", "loss: auto, ce, mse or kl", "auto|ce|mse|kl"},
+        {"--teacher", OPT_STRING, &teacher_arg, 0, 0, 0, "FILE",
+         "reference model for labels and the KL loss", NULL},
+        {"--inputs", OPT_STRING, &inputs, 0, 0, 0, "FILE",
+         "input sequences, one per line (optionally \"| labels\")", NULL},
+        {"--json", OPT_STRING, &json_path, 0, 0, 0, "FILE", "write the results as JSON", NULL},
+        {"--trace", OPT_STRING, &trace_path, 0, 0, 0, "FILE", "write the loss traces as CSV", NULL},
+        {"--threads", OPT_INT, &s.threads, 0, 4096, 0, "N", "worker threads, 0 = one per core", NULL},
+        {"--quiet", OPT_FLAG, &quiet, 0, 0, 0, NULL, "no progress messages", NULL},
+        {NULL, OPT_FLAG, NULL, 0, 0, 0, NULL, NULL, NULL}};
+    char *pos[1];
+    Model m, teacher;
+    Dataset data;
+    ModelProblem mp;
+    LlcProblem problem;
+    LlcResult r;
+    LossKind loss;
+    EstimateInfo info;
+    Rng rng;
+    int status = 0;
+
+    memset(&s, 0, sizeof s);
+    s.lr = 1e-5;
+    s.noise_level = 1.0;
+    s.chains = 5;
+    s.draws = 100;
+    s.every = 1;
+    s.batch = 32;
+    s.shuffle = 1;
+    s.seed = 1;
+    parse_args(&cmd, opts, argc, argv, pos);
+    g_quiet = quiet;
+    s.nbeta = isfinite(nbeta) ? nbeta : 0.0;
+
+    load_model_or_exit(&m, pos[0]);
+    has_teacher = load_teacher(&teacher, &m, pos[0], teacher_arg);
+    loss = resolve_loss(loss_arg, &m, has_teacher, "estimate");
+    if (s.batch <= 1 && s.nbeta == 0) warn("batch size 1 gives the default nbeta 1 (B / ln B is undefined)");
+
+    /* Dataset: random full-length inputs, or the file; labelled by the reference. */
+    rng_seed(&rng, s.seed);
+    if (inputs) {
+        if (dataset_read(&data, &m, inputs) != 0) return 1;
+        n_samples = data.n;
+    } else {
+        dataset_random(&data, &m.cfg, n_samples, &rng);
+    }
+    dataset_label(&data, has_teacher ? &teacher : &m, s.batch < data.n ? s.batch : data.n);
+    if (loss == LOSS_CE && data.labels_from_file == 0 && m.cfg.output_kind == OUTPUT_NUMERICAL)
+        die("internal error: cross-entropy on a numerical output");
+
+    mp.m = &m;
+    mp.data = &data;
+    mp.loss = loss;
+    mp.max_batch = s.batch < data.n ? s.batch : data.n;
+    problem = model_problem(&mp);
+    progress("%s: %zu parameters, loss %s, %d chains x %d draws, lr %g", pos[0], m.n_params,
+             loss_name(loss), s.chains, s.draws, s.lr);
+
+    install_sigint_handler();
+    if (llc_estimate(&problem, &s, &r) != 0) die("invalid SGLD settings");
+
+    info.model_path = pos[0];
+    info.teacher_path = NULL;
+    if (has_teacher) info.teacher_path = teacher_arg ? teacher_arg : model_meta(&m, "teacher");
+    info.inputs_path = inputs;
+    info.loss = loss_name(loss);
+    info.n_samples = n_samples;
+    info.m = &m;
+    info.n_nonzero = model_count_nonzero(&m);
+
+    /* Summary on stdout. */
+    printf("model        %s (%s, max_seq_len %d)\n", pos[0], model_program(&m), m.cfg.max_seq_len);
+    printf("n_params     %zu (%zu non-zero, sparsity %.6g)\n", m.n_params, info.n_nonzero,
+           model_sparsity(&m, info.n_nonzero));
+    printf("loss         %s on %d %s\n", info.loss, n_samples, inputs ? "input sequences" : "random inputs");
+    printf("sgld         lr %g, nbeta %g%s, localization %g, batch %d\n", s.lr, r.nbeta,
+           s.nbeta > 0 ? "" : " (batch / ln batch)", s.localization, s.batch);
+    printf("chains       %d x %d draws, burn-in %d, every %d, seed %llu\n", s.chains, s.draws, s.burnin,
+           s.every, (unsigned long long)s.seed);
+    printf("init_loss    %.9g\n", r.init_loss);
+    printf("llc_mean     %.6g\n", r.llc_mean);
+    printf("llc_std      %.6g\n", r.llc_std);
+    printf("llc_chains  ");
+    for (i = 0; i < r.chains; i++) printf(" %.6g", r.llc_chain[i]);
+    printf("\n");
+    if (r.n_diverged) {
+        printf("diverged     %d of %d chains, left out of llc_mean:", r.n_diverged, r.chains);
+        for (i = 0; i < r.chains; i++)
+            if (r.diverged_step[i] >= 0)
+                printf(" chain %d at step %d (draw %d)", i, r.diverged_step[i], r.diverged_draw[i]);
+        printf("\n");
+    }
+    printf("time         %.2f s\n", r.seconds);
+    for (i = 0; i < r.chains; i++)
+        if (r.diverged_step[i] >= 0)
+            warn("chain %d diverged: non-finite loss or gradient at step %d (draw %d); it is left out "
+                 "of llc_mean", i, r.diverged_step[i], r.diverged_draw[i]);
+    if (r.n_diverged == r.chains) warn("every chain diverged, so there is no estimate; try a smaller --lr");
+    if (r.interrupted) warn("interrupted: the results cover the draws finished so far and are marked incomplete");
+
+    /* Files. */
+    if (json_path) {
+        AtomicFile af;
+        if (atomic_open(&af, json_path) == 0) {
+            write_estimate_json(af.f, &info, &s, &r);
+            if (atomic_commit(&af) != 0) status = 1;
+        } else {
+            status = 1;
+        }
+    }
+    if (trace_path) {
+        AtomicFile af;
+        if (atomic_open(&af, trace_path) == 0) {
+            write_trace_csv(af.f, &r, &s);
+            if (atomic_commit(&af) != 0) status = 1;
+        } else {
+            status = 1;
+        }
+    }
+    if (status == 0 && r.n_diverged == r.chains) status = 1;
+    if (r.interrupted) status = 130;
+
+    llc_result_free(&r);
+    dataset_free(&data);
+    if (has_teacher) model_free(&teacher);
+    model_free(&m);
+    return status;
+}
+
+/* llc diff ---------------------------------------------------------------- */
+
+static int cmd_diff(int argc, char **argv) {
+    static const Command cmd = {
+        "diff", "A.llcw B.llcw [--tol T]",
+        "Compare two models: configuration, vocabulary, outputs, residual labels and, per tensor,\n"
+        "the largest difference |a - b| / max(1, |a|). Exit status 0 when everything matches\n"
+        "within the tolerance, 1 otherwise.",
+        2, 2, NULL};
+    double tol = 1e-6;
+    int quiet = 0, k, i, same = 1;
+    Option opts[] = {{"--tol", OPT_REAL, &tol, 0, INFINITY, 0, "T", "largest accepted scaled difference", NULL},
+                     {"--quiet", OPT_FLAG, &quiet, 0, 0, 0, NULL, "print only the differences", NULL},
+                     {NULL, OPT_FLAG, NULL, 0, 0, 0, NULL, NULL, NULL}};
+    char *pos[2];
+    Model a, b;
+    const ModelConfig *ca, *cb;
+
+    parse_args(&cmd, opts, argc, argv, pos);
+    load_model_or_exit(&a, pos[0]);
+    load_model_or_exit(&b, pos[1]);
+    ca = &a.cfg;
+    cb = &b.cfg;
+
+#define DIFF_FIELD(field)                                                                          \
+    if (ca->field != cb->field) {                                                                  \
+        printf("config %-12s %d vs %d\n", #field, ca->field, cb->field);                          \
+        same = 0;                                                                                  \
+    }
+    DIFF_FIELD(n_layers) DIFF_FIELD(n_heads) DIFF_FIELD(d_model) DIFF_FIELD(d_head) DIFF_FIELD(d_mlp)
+    DIFF_FIELD(max_seq_len) DIFF_FIELD(n_vocab) DIFF_FIELD(bos_id) DIFF_FIELD(pad_id)
+    DIFF_FIELD(output_kind) DIFF_FIELD(n_outputs) DIFF_FIELD(causal)
+#undef DIFF_FIELD
+    if (!same) {
+        printf("different architectures\n");
+        model_free(&a);
+        model_free(&b);
+        return 1;
+    }
+
+    for (i = 0; i < ca->n_vocab; i++)
+        if (strcmp(a.vocab[i], b.vocab[i]) != 0) {
+            printf("vocab %d: \"%s\" vs \"%s\"\n", i, a.vocab[i], b.vocab[i]);
+            same = 0;
+        }
+    for (i = 0; i < ca->n_outputs; i++)
+        if (strcmp(a.output_values[i], b.output_values[i]) != 0) {
+            printf("output value %d: \"%s\" vs \"%s\"\n", i, a.output_values[i], b.output_values[i]);
+            same = 0;
+        }
+    if (!a.output_dims != !b.output_dims) {
+        printf("output dims: only one model projects residual dims onto the output\n");
+        same = 0;
+    }
+    for (i = 0; a.output_dims && b.output_dims && i < ca->n_outputs; i++)
+        if (a.output_dims[i] != b.output_dims[i]) {
+            printf("output dim %d: %d vs %d\n", i, a.output_dims[i], b.output_dims[i]);
+            same = 0;
+        }
+    if (a.residual_labels && b.residual_labels) {
+        for (i = 0; i < ca->d_model; i++)
+            if (strcmp(a.residual_labels[i], b.residual_labels[i]) != 0) {
+                printf("residual %d: \"%s\" vs \"%s\"\n", i, a.residual_labels[i], b.residual_labels[i]);
+                same = 0;
+            }
+    } else if (!quiet) {
+        printf("residual labels: not compared (%s)\n",
+               !a.residual_labels && !b.residual_labels ? "neither model has them" : "only one model has them");
+    }
+
+    for (k = 0; k < a.n_tensors; k++) {
+        const real *va = model_tensor_data(&a, k), *vb = model_tensor_data(&b, k);
+        double max_abs = 0.0, max_scaled = 0.0;
+        size_t j, where = 0;
+        for (j = 0; j < a.tensors[k].numel; j++) {
+            double d = fabs((double)va[j] - vb[j]), scale = fabs((double)va[j]);
+            double scaled = d / (scale > 1.0 ? scale : 1.0);
+            if (d > max_abs) max_abs = d;
+            if (scaled > max_scaled) max_scaled = scaled, where = j;
+        }
+        if (a.tensors[k].trainable != b.tensors[k].trainable) {
+            printf("%-36s trainable in only one model\n", a.tensors[k].name);
+            same = 0;
+        }
+        if (max_scaled > tol) {
+            printf("%-36s max |a-b| %.3g, scaled %.3g at index %zu (%g vs %g): DIFFERENT\n",
+                   a.tensors[k].name, max_abs, max_scaled, where, (double)va[where], (double)vb[where]);
+            same = 0;
+        } else if (!quiet) {
+            printf("%-36s max |a-b| %.3g\n", a.tensors[k].name, max_abs);
+        }
+    }
+    printf("%s\n", same ? "same within tolerance" : "models differ");
+    model_free(&a);
+    model_free(&b);
+    return same ? 0 : 1;
+}
+
+/* main -------------------------------------------------------------------- */
+
+typedef struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+} CommandEntry;
+
+static const CommandEntry commands[] = {
+    {"info", cmd_info, "print a model's configuration, size and sparsity"},
+    {"run", cmd_run, "run a model on one input and print its outputs"},
+    {"estimate", cmd_estimate, "estimate the LLC with SGLD"},
+    {"diff", cmd_diff, "compare two models tensor by tensor"},
+};
+
+static void print_usage(FILE *f) {
+    size_t i;
+    fprintf(f, "usage: llc COMMAND [options]\n\n"
+               "The local learning coefficient (LLC) of Tracr-compiled transformers.\n\ncommands:\n");
+    for (i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %-14s %s\n", commands[i].name, commands[i].summary);
+    fprintf(f, "\nRun \"llc COMMAND --help\" for a command's options.\n");
+}
+
+int main(int argc, char **argv) {
+    size_t i;
+    static char name[64];
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        print_usage(stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("llc 0.1 (%s)\n", LLC_REAL_NAME);
+        return 0;
+    }
+    for (i = 0; i < sizeof commands / sizeof commands[0]; i++) {
+        if (!strcmp(argv[1], commands[i].name)) {
+            snprintf(name, sizeof name, "llc %s", commands[i].name);
+            g_program = name;
+            return commands[i].run(argc - 2, argv + 2);
+        }
+    }
+    fprintf(stderr, "llc: unknown command \"%s\"\n", argv[1]);
+    print_usage(stderr);
+    return 2;
+}
+
+#endif /* LLC_TESTING */

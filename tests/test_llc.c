@@ -1,0 +1,850 @@
+/*
+ * Unit tests of llc.c: matrix multiplication, the weight file, gradients by
+ * finite differences, losses, Adam, and the SGLD estimator against known
+ * learning coefficients. Built twice by the Makefile: in float32 and, with
+ * -DLLC_DOUBLE, in float64.
+ *
+ * Usage: tests/test_llc [MODEL_DIR]
+ *   MODEL_DIR holds Tracr reference models converted to .llcw (tests/run
+ *   makes it); tests that need it are skipped when it is not given.
+ * Prints one line per test: "ok NAME", "FAIL NAME: why" or "skip NAME: why".
+ */
+#define LLC_TESTING
+#include "../llc.c"
+
+static const char *g_model_dir = NULL;
+static int g_failed, g_skipped, g_n_failed;
+static char g_message[1024];
+
+static void fail(const char *fmt, ...) {
+    va_list ap;
+    if (g_failed) return;   /* keep the first failure */
+    g_failed = 1;
+    va_start(ap, fmt);
+    vsnprintf(g_message, sizeof g_message, fmt, ap);
+    va_end(ap);
+}
+
+static void skip(const char *why) {
+    g_skipped = 1;
+    snprintf(g_message, sizeof g_message, "%s", why);
+}
+
+#define CHECK(cond, ...)                                                                           \
+    do {                                                                                           \
+        if (!(cond)) fail(__VA_ARGS__);                                                            \
+    } while (0)
+
+static void run_test(const char *name, void (*fn)(void)) {
+    g_failed = g_skipped = 0;
+    g_message[0] = 0;
+    fn();
+    if (g_failed) {
+        printf("FAIL %s: %s\n", name, g_message);
+        g_n_failed++;
+    } else if (g_skipped) {
+        printf("skip %s: %s\n", name, g_message);
+    } else {
+        printf("ok %s\n", name);
+    }
+    fflush(stdout);
+}
+
+static const int is_double = sizeof(real) == sizeof(double);
+
+/* ------------------------------------------------------------------------ */
+/* Matrix multiplication                                                     */
+
+static void fill_normal(real *a, size_t n, Rng *rng) {
+    size_t i;
+    for (i = 0; i < n; i++) a[i] = (real)rng_normal(rng);
+}
+
+static double max_abs_diff(const real *a, const real *b, size_t n) {
+    double m = 0.0;
+    size_t i;
+    for (i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (d > m || d != d) m = d;
+    }
+    return m;
+}
+
+static void test_matmul_paths(void) {
+    static const int sizes[][3] = {{1, 1, 1}, {3, 5, 7}, {17, 33, 9}, {64, 64, 64}, {33, 257, 515},
+                                   {130, 7, 600}, {5, 600, 3}, {1, 1000, 1}};
+    size_t s;
+    Rng rng;
+    rng_seed(&rng, 7);
+    for (s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+        int M = sizes[s][0], K = sizes[s][1], N = sizes[s][2], acc;
+        real *A = xmalloc((size_t)M * K * sizeof(real), "A"), *B = xmalloc((size_t)K * N * sizeof(real), "B");
+        real *C = xmalloc((size_t)M * N * sizeof(real), "C"), *R = xmalloc((size_t)M * N * sizeof(real), "R");
+        real *At = xmalloc((size_t)M * K * sizeof(real), "At"), *Bt = xmalloc((size_t)K * N * sizeof(real), "Bt");
+        double tol = (is_double ? 1e-12 : 2e-5) * sqrt((double)K) * 4;
+        int i, k;
+        fill_normal(A, (size_t)M * K, &rng);
+        fill_normal(B, (size_t)K * N, &rng);
+        for (i = 0; i < M; i++)
+            for (k = 0; k < K; k++) At[(size_t)k * M + i] = A[(size_t)i * K + k];
+        for (k = 0; k < K; k++)
+            for (i = 0; i < N; i++) Bt[(size_t)i * K + k] = B[(size_t)k * N + i];
+        for (acc = 0; acc <= 1; acc++) {
+            double d;
+            fill_normal(C, (size_t)M * N, &rng);
+            memcpy(R, C, (size_t)M * N * sizeof(real));
+            matmul_nn(C, A, B, M, K, N, acc);
+            matmul_nn_ref(R, A, B, M, K, N, acc);
+            d = max_abs_diff(C, R, (size_t)M * N);
+            CHECK(d <= tol, "matmul_nn %dx%dx%d acc %d: max diff %g > %g", M, K, N, acc, d, tol);
+
+            fill_normal(C, (size_t)M * N, &rng);
+            memcpy(R, C, (size_t)M * N * sizeof(real));
+            matmul_nt(C, A, Bt, M, K, N, acc);
+            matmul_nt_ref(R, A, Bt, M, K, N, acc);
+            d = max_abs_diff(C, R, (size_t)M * N);
+            CHECK(d <= tol, "matmul_nt %dx%dx%d acc %d: max diff %g > %g", M, K, N, acc, d, tol);
+
+            fill_normal(C, (size_t)M * N, &rng);
+            memcpy(R, C, (size_t)M * N * sizeof(real));
+            matmul_tn(C, At, B, M, K, N, acc);
+            matmul_tn_ref(R, At, B, M, K, N, acc);
+            d = max_abs_diff(C, R, (size_t)M * N);
+            CHECK(d <= tol, "matmul_tn %dx%dx%d acc %d: max diff %g > %g", M, K, N, acc, d, tol);
+        }
+        free(A), free(B), free(C), free(R), free(At), free(Bt);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Random numbers                                                            */
+
+static void test_rng_normal_moments(void) {
+    Rng rng;
+    double sum = 0, sq = 0;
+    int i, n = 200000;
+    rng_seed(&rng, 3);
+    for (i = 0; i < n; i++) {
+        double x = rng_normal(&rng);
+        sum += x;
+        sq += x * x;
+    }
+    /* mean has std 1/sqrt(n) = 0.0022; variance about sqrt(2/n) = 0.0032 */
+    CHECK(fabs(sum / n) < 0.01, "mean %g", sum / n);
+    CHECK(fabs(sq / n - 1.0) < 0.015, "variance %g", sq / n);
+}
+
+static void test_rng_jump_streams_differ(void) {
+    Rng a, b;
+    rng_seed(&a, 5);
+    rng_seed(&b, 5);
+    CHECK(rng_next(&a) == rng_next(&b), "same seed gives different streams");
+    rng_jump(&b);
+    CHECK(rng_next(&a) != rng_next(&b), "jumped stream equals the original");
+}
+
+/* ------------------------------------------------------------------------ */
+/* A small random model, for tests that need no reference data               */
+
+static void make_random_model(Model *m, int n_layers, int n_heads, int d_model, int d_head, int d_mlp,
+                              int max_seq_len, int n_vocab, int n_outputs, int kind, int causal,
+                              double scale, uint64_t seed) {
+    int *trainable, k;
+    Rng rng;
+    size_t j;
+    memset(m, 0, sizeof *m);
+    m->cfg.n_layers = n_layers;
+    m->cfg.n_heads = n_heads;
+    m->cfg.d_model = d_model;
+    m->cfg.d_head = d_head;
+    m->cfg.d_mlp = d_mlp;
+    m->cfg.max_seq_len = max_seq_len;
+    m->cfg.n_vocab = n_vocab;
+    m->cfg.bos_id = 0;
+    m->cfg.pad_id = n_vocab - 1;
+    m->cfg.output_kind = kind;
+    m->cfg.n_outputs = n_outputs;
+    m->cfg.causal = causal;
+    trainable = xmalloc((size_t)model_tensor_count(n_layers) * sizeof(int), "flags");
+    for (k = 0; k < model_tensor_count(n_layers); k++) trainable[k] = 1;
+    model_layout(m, trainable);
+    free(trainable);
+    m->vocab = xcalloc((size_t)n_vocab, sizeof(char *), "vocab");
+    for (k = 0; k < n_vocab; k++) {
+        char s[16];
+        if (k == 0) snprintf(s, sizeof s, "bos");
+        else if (k == n_vocab - 1) snprintf(s, sizeof s, "pad");
+        else snprintf(s, sizeof s, "t%d", k);
+        m->vocab[k] = xstrdup(s);
+    }
+    m->output_values = xcalloc((size_t)n_outputs, sizeof(char *), "outputs");
+    for (k = 0; k < n_outputs; k++) {
+        char s[16];
+        snprintf(s, sizeof s, "o%d", k);
+        m->output_values[k] = xstrdup(s);
+    }
+    rng_seed(&rng, seed);
+    for (j = 0; j < m->n_params; j++) m->params[j] = (real)(scale * rng_normal(&rng));
+}
+
+static void test_weight_file_round_trip(void) {
+    Model a, b;
+    char path[] = "/tmp/llc_test_roundtrip.llcw";
+    size_t j;
+    int k;
+    make_random_model(&a, 2, 3, 8, 4, 6, 5, 6, 4, OUTPUT_CATEGORICAL, 1, 1.0, 11);
+    /* a sparse tensor and a fixed one, so both encodings and both arenas are used */
+    for (j = 0; j < a.tensors[1].numel; j++)
+        if (j % 7) a.params[a.tensors[1].offset + j] = 0;
+    model_set_meta(&a, "program", "random");
+    a.output_dims = NULL;
+    CHECK(model_save(&a, path) == 0, "model_save failed");
+    CHECK(model_load(&b, path) == 0, "model_load failed");
+    if (g_failed) return;
+    CHECK(!memcmp(&a.cfg, &b.cfg, sizeof a.cfg), "config differs after the round trip");
+    CHECK(a.n_params == b.n_params, "n_params %zu vs %zu", a.n_params, b.n_params);
+    for (j = 0; j < a.n_params && !g_failed; j++)
+        CHECK((float)a.params[j] == (float)b.params[j], "parameter %zu: %g vs %g", j,
+              (double)a.params[j], (double)b.params[j]);
+    for (k = 0; k < a.cfg.n_vocab; k++) CHECK(!strcmp(a.vocab[k], b.vocab[k]), "vocab %d differs", k);
+    CHECK(b.n_meta == 1, "%d metadata entries after the round trip", b.n_meta);
+    CHECK(model_meta(&b, "program") && !strcmp(model_meta(&b, "program"), "random"), "metadata value lost");
+    model_free(&a);
+    model_free(&b);
+    remove(path);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Gradients by central finite differences                                   */
+
+/* Compares the gradient of the mean loss over all samples with central
+ * differences at n_per_tensor coordinates of every trainable tensor. No one
+ * step suits every coordinate: on Tracr's steep weights a large step has
+ * truncation error and a small one has rounding error, so each coordinate
+ * takes the best of several steps. Returns the largest
+ * |g - fd| / (abs_tol + rel_tol max(|g|, |fd|)), at most 1 where they agree. */
+static double gradient_error(const Model *m, const Dataset *d, LossKind loss, int n_per_tensor,
+                             uint64_t seed, char *worst, size_t worst_size) {
+    static const double steps64[] = {1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9};
+    static const double steps32[] = {3e-2, 1e-2, 3e-3, 1e-3};
+    const double *steps = is_double ? steps64 : steps32;
+    int n_steps = is_double ? 7 : 4;
+    double abs_tol = is_double ? 1e-8 : 2e-3, rel_tol = is_double ? 1e-4 : 5e-2, err = 0.0;
+    ModelProblem mp;
+    LlcProblem p;
+    real *w = xmalloc(m->n_params * sizeof(real), "w"), *g = xmalloc(m->n_params * sizeof(real), "g");
+    int *samples = xmalloc((size_t)d->n * sizeof(int), "samples"), k, i, h;
+    void *chain;
+    Rng rng;
+
+    rng_seed(&rng, seed);
+    for (i = 0; i < d->n; i++) samples[i] = i;
+    mp.m = m;
+    mp.data = d;
+    mp.loss = loss;
+    mp.max_batch = d->n;
+    p = model_problem(&mp);
+    memcpy(w, m->params, m->n_params * sizeof(real));
+    chain = p.chain_new(&p, w);
+    p.loss_grad(chain, samples, d->n, g);
+
+    for (k = 0; k < m->n_tensors; k++) {
+        const TensorInfo *t = &m->tensors[k];
+        if (!t->trainable) continue;
+        for (i = 0; i < n_per_tensor; i++) {
+            size_t j = t->offset + (size_t)rng_below(&rng, t->numel);
+            real saved = w[j];
+            double best = INFINITY, best_fd = 0.0;
+            for (h = 0; h < n_steps; h++) {
+                double up, down, fd, e;
+                w[j] = saved + (real)steps[h];
+                up = p.loss_grad(chain, samples, d->n, NULL);
+                w[j] = saved - (real)steps[h];
+                down = p.loss_grad(chain, samples, d->n, NULL);
+                w[j] = saved;
+                fd = (up - down) / ((double)(saved + (real)steps[h]) - (double)(saved - (real)steps[h]));
+                e = fabs(g[j] - fd) / (abs_tol + rel_tol * (fabs(g[j]) > fabs(fd) ? fabs(g[j]) : fabs(fd)));
+                if (e < best) best = e, best_fd = fd;
+            }
+            if (best > err) {
+                err = best;
+                snprintf(worst, worst_size, "%s[%zu]: grad %.9g, finite difference %.9g", t->name,
+                         j - t->offset, (double)g[j], best_fd);
+            }
+        }
+    }
+    p.chain_free(chain);
+    free(w);
+    free(g);
+    free(samples);
+    return err;
+}
+
+static void test_gradient_random_models(void) {
+    static const struct { int layers, heads, d_model, d_head, d_mlp, outputs, kind, causal; } shapes[] = {
+        {1, 1, 6, 3, 5, 4, OUTPUT_CATEGORICAL, 0},
+        {2, 3, 8, 4, 7, 5, OUTPUT_CATEGORICAL, 1},
+        {3, 2, 5, 3, 9, 1, OUTPUT_NUMERICAL, 0},
+    };
+    size_t s;
+    for (s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        Model m;
+        Dataset d;
+        Rng rng;
+        int loss;
+        make_random_model(&m, shapes[s].layers, shapes[s].heads, shapes[s].d_model, shapes[s].d_head,
+                          shapes[s].d_mlp, 6, 7, shapes[s].outputs, shapes[s].kind, shapes[s].causal, 0.5,
+                          100 + s);
+        rng_seed(&rng, 9);
+        dataset_random(&d, &m.cfg, 5, &rng);
+        d.len[1] = 3;   /* a shorter sequence in the batch */
+        dataset_label(&d, &m, 5);
+        /* move the targets off the model's own outputs so every loss has a gradient */
+        {
+            size_t j;
+            for (j = 0; j < (size_t)d.n * d.stride * d.n_outputs; j++) {
+                d.ref[j] += (real)rng_normal(&rng);
+                d.target[j] += (real)(0.5 * rng_normal(&rng));
+            }
+        }
+        for (loss = LOSS_CE; loss <= LOSS_KL; loss++) {
+            char worst[256] = "";
+            double e;
+            if (shapes[s].kind == OUTPUT_NUMERICAL && loss != LOSS_MSE) continue;
+            e = gradient_error(&m, &d, (LossKind)loss, 12, 5 + s, worst, sizeof worst);
+            CHECK(e <= 1, "model %zu, loss %s: error %.3g times the tolerance at %s", s, loss_name((LossKind)loss), e,
+                  worst);
+        }
+        dataset_free(&d);
+        model_free(&m);
+    }
+}
+
+static int load_reference(Model *m, const char *name) {
+    char path[1024];
+    FILE *f;
+    snprintf(path, sizeof path, "%s/%s.llcw", g_model_dir, name);
+    f = fopen(path, "rb");
+    if (!f) return -1;
+    fclose(f);
+    return model_load(m, path);
+}
+
+/* Gradients of Tracr models, at weights moved off w* by a little noise so
+ * that no ReLU sits exactly at its kink. */
+static void test_gradient_tracr_models(void) {
+    static const char *names[] = {"sort_n5", "hist_n5", "frac_prevs_n5", "pair_balance_n4", "sort_unique_n4",
+                                  "dyck-2_n4", "sort_freq_n4"};
+    size_t s;
+    if (!g_model_dir) {
+        skip("no reference models (../shared/tracr_reference is absent)");
+        return;
+    }
+    if (!is_double) {
+        skip("float32 cannot resolve finite differences on Tracr's steep weights; the float64 build checks them");
+        return;
+    }
+    for (s = 0; s < sizeof names / sizeof names[0]; s++) {
+        Model m;
+        Dataset d;
+        Rng rng;
+        size_t j;
+        int loss;
+        if (load_reference(&m, names[s]) != 0) {
+            fail("cannot load reference model %s", names[s]);
+            return;
+        }
+        rng_seed(&rng, 21);
+        dataset_random(&d, &m.cfg, 4, &rng);
+        dataset_label(&d, &m, 4);
+        for (j = 0; j < m.n_params; j++) m.params[j] += (real)(0.001 * rng_normal(&rng));
+        for (loss = LOSS_CE; loss <= LOSS_KL; loss++) {
+            char worst[256] = "";
+            double e;
+            if (m.cfg.output_kind == OUTPUT_NUMERICAL && loss != LOSS_MSE) continue;
+            e = gradient_error(&m, &d, (LossKind)loss, 10, 31 + s, worst, sizeof worst);
+            CHECK(e <= 1, "%s, loss %s: error %.3g times the tolerance at %s", names[s], loss_name((LossKind)loss), e,
+                  worst);
+        }
+        dataset_free(&d);
+        model_free(&m);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Losses                                                                    */
+
+static void test_loss_values(void) {
+    /* one sequence of BOS + 2 tokens, 3 outputs */
+    Dataset d;
+    ModelConfig c;
+    real y[9] = {0, 0, 0, 1, 2, 3, 0.5, 0.5, -1}, dy[9];
+    int ids[3] = {0, 1, 1}, seq_start[2] = {0, 3}, row_src[3] = {0, 1, 2};
+    Batch b = {1, 3, ids, seq_start};
+    double ce, want, mse, kl;
+    memset(&c, 0, sizeof c);
+    c.max_seq_len = 2;
+    c.n_outputs = 3;
+    dataset_alloc(&d, 1, &c);
+    d.len[0] = 3;
+    d.label[0] = -1, d.label[1] = 2, d.label[2] = 0;
+    d.target[3 + 2] = 1, d.target[6 + 0] = 1;
+    memcpy(d.ref, y, sizeof y);
+
+    ce = loss_compute(LOSS_CE, y, &b, row_src, &d, dy);
+    want = 0.5 * ((log(exp(1.0) + exp(2.0) + exp(3.0)) - 3.0) + (log(2 * exp(0.5) + exp(-1.0)) - 0.5));
+    CHECK(fabs(ce - want) < 1e-6, "cross-entropy %.9g, expected %.9g", ce, want);
+    CHECK(fabs(dy[5] - 0.5 * (exp(3.0) / (exp(1.0) + exp(2.0) + exp(3.0)) - 1)) < 1e-6, "ce gradient");
+    CHECK(max_abs_diff(dy, (real[3]){0}, 3) == 0, "BOS row has a gradient");
+
+    mse = loss_compute(LOSS_MSE, y, &b, row_src, &d, dy);
+    want = ((1 + 4 + 4) + (0.25 + 0.25 + 1)) / 6.0;
+    CHECK(fabs(mse - want) < 1e-6, "mse %.9g, expected %.9g", mse, want);
+
+    kl = loss_compute(LOSS_KL, y, &b, row_src, &d, dy);
+    CHECK(fabs(kl) < 1e-7, "KL of the outputs to themselves is %g", kl);
+    CHECK(max_abs_diff(dy, (real[9]){0}, 9) < 1e-7, "KL gradient at the reference is not zero");
+    dataset_free(&d);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Adam                                                                      */
+
+static void test_adam_two_steps(void) {
+    /* Computed by hand (Python floats): PyTorch's Adam, lr 0.1, betas 0.9/0.999, eps 1e-8. */
+    real w[2] = {1.0, -2.0}, g1[2] = {0.5, -1.0}, g2[2] = {0.1, 0.3};
+    double tol = is_double ? 1e-12 : 1e-6;
+    Adam a;
+    adam_init(&a, 2, 0.1);
+    adam_step(&a, w, g1);
+    CHECK(fabs(w[0] - 0.900000002) < tol, "after step 1: w[0] %.10g", (double)w[0]);
+    CHECK(fabs(w[1] + 1.900000001) < tol, "after step 1: w[1] %.10g", (double)w[1]);
+    adam_step(&a, w, g2);
+    CHECK(fabs(w[0] - 0.8196959063846518) < tol, "after step 2: w[0] %.12g", (double)w[0]);
+    CHECK(fabs(w[1] + 1.8572151424292265) < tol, "after step 2: w[1] %.12g", (double)w[1]);
+    adam_free(&a);
+}
+
+/* ------------------------------------------------------------------------ */
+/* SGLD: problems with known learning coefficients, through LlcProblem       */
+
+/* devinterp's normal-crossing model f(x) = x prod_i w_i^p_i with MSE loss. */
+typedef struct {
+    int d;
+    const int *powers;
+    int n;
+    double *x, *y;
+} Polynomial;
+
+typedef struct {
+    const Polynomial *poly;
+    real *w;
+} PolyChain;
+
+static void *poly_chain_new(const LlcProblem *p, real *w) {
+    PolyChain *c = xmalloc(sizeof *c, "chain");
+    c->poly = p->ctx;
+    c->w = w;
+    return c;
+}
+
+static void poly_chain_free(void *c) { free(c); }
+
+static double poly_loss_grad(void *chain, const int *samples, int n, real *grad) {
+    PolyChain *c = chain;
+    const Polynomial *q = c->poly;
+    double prod = 1.0, sum_r2 = 0.0, sum_rx = 0.0, dprod[16];
+    int i, j, k;
+    for (j = 0; j < q->d; j++) prod *= pow((double)c->w[j], q->powers[j]);
+    for (j = 0; j < q->d; j++) {
+        dprod[j] = q->powers[j] == 0 ? 0.0 : q->powers[j] * pow((double)c->w[j], q->powers[j] - 1);
+        for (k = 0; k < q->d; k++)
+            if (k != j) dprod[j] *= pow((double)c->w[k], q->powers[k]);
+    }
+    for (i = 0; i < n; i++) {
+        double x = q->x[samples[i]], r = x * prod - q->y[samples[i]];
+        sum_r2 += r * r;
+        sum_rx += r * x;
+    }
+    if (grad)
+        for (j = 0; j < q->d; j++) grad[j] = (real)(2.0 * sum_rx / n * dprod[j]);
+    return sum_r2 / n;
+}
+
+static void make_normal_crossing_data(Polynomial *q, int n, uint64_t seed) {
+    Rng rng;
+    int i;
+    rng_seed(&rng, seed);
+    q->n = n;
+    q->x = xmalloc((size_t)n * sizeof(double), "x");
+    q->y = xmalloc((size_t)n * sizeof(double), "y");
+    for (i = 0; i < n; i++) q->x[i] = 2.0 * rng_normal(&rng);
+    for (i = 0; i < n; i++) q->y[i] = 0.25 * rng_normal(&rng);
+}
+
+static LlcProblem poly_problem(Polynomial *q, real *w_star) {
+    LlcProblem p;
+    p.n_params = (size_t)q->d;
+    p.w_star = w_star;
+    p.n_samples = q->n;
+    p.ctx = q;
+    p.chain_new = poly_chain_new;
+    p.loss_grad = poly_loss_grad;
+    p.chain_free = poly_chain_free;
+    return p;
+}
+
+static SgldSettings default_settings(void) {
+    SgldSettings s;
+    memset(&s, 0, sizeof s);
+    s.noise_level = 1.0;
+    s.every = 1;
+    s.shuffle = 1;
+    s.threads = 2;
+    s.seed = 42;
+    return s;
+}
+
+/* devinterp's sampler accuracy test: lr 4e-4, nbeta 1000 / ln 1000, 10
+ * chains x 5000 draws at w* = 0; the true lambda = 1 / (2 max p) must lie
+ * within llc_mean +- 3.5 llc_std. */
+static void test_sgld_normal_crossing(void) {
+    static const int powers[][2] = {{0, 1}, {1, 1}, {0, 2}, {1, 2}, {2, 2}, {0, 3}, {1, 3}, {2, 3}, {3, 3}};
+    Polynomial q;
+    size_t k;
+    g_quiet = 1;
+    make_normal_crossing_data(&q, 1000, 42);
+    q.d = 2;
+    for (k = 0; k < sizeof powers / sizeof powers[0]; k++) {
+        real w_star[2] = {0, 0};
+        int max_p = powers[k][0] > powers[k][1] ? powers[k][0] : powers[k][1];
+        double lambda = 1.0 / (2.0 * max_p);
+        SgldSettings s = default_settings();
+        LlcProblem p;
+        LlcResult r;
+        q.powers = powers[k];
+        p = poly_problem(&q, w_star);
+        s.lr = 4e-4;
+        s.batch = 1000;
+        s.chains = 10;
+        s.draws = 5000;
+        llc_estimate(&p, &s, &r);
+        CHECK(fabs(r.nbeta - 1000.0 / log(1000.0)) < 1e-9, "nbeta %g", r.nbeta);
+        CHECK(fabs(r.llc_mean - lambda) <= 3.5 * r.llc_std, "powers [%d,%d]: llc %.4g +- %.4g, true %.4g",
+              powers[k][0], powers[k][1], r.llc_mean, r.llc_std, lambda);
+        llc_result_free(&r);
+    }
+    free(q.x);
+    free(q.y);
+}
+
+/* Two-layer linear network x -> W2 W1 x fitted to pure noise (true rank 0). */
+typedef struct {
+    int m, h, o, n;
+    double *x, *y;   /* [n, m], [n, o] */
+} Dln;
+
+typedef struct {
+    const Dln *dln;
+    real *w;         /* W1 [h, m], then W2 [o, h] */
+} DlnChain;
+
+static void *dln_chain_new(const LlcProblem *p, real *w) {
+    DlnChain *c = xmalloc(sizeof *c, "chain");
+    c->dln = p->ctx;
+    c->w = w;
+    return c;
+}
+
+static double dln_loss_grad(void *chain, const int *samples, int n, real *grad) {
+    DlnChain *c = chain;
+    const Dln *q = c->dln;
+    const real *W1 = c->w, *W2 = c->w + q->h * q->m;
+    double hid[64], r[64], loss = 0.0, *g = xcalloc((size_t)(q->h * q->m + q->o * q->h), sizeof(double), "g");
+    int i, a, b, j;
+    for (i = 0; i < n; i++) {
+        const double *x = q->x + (size_t)samples[i] * q->m, *y = q->y + (size_t)samples[i] * q->o;
+        for (a = 0; a < q->h; a++) {
+            hid[a] = 0;
+            for (b = 0; b < q->m; b++) hid[a] += W1[a * q->m + b] * x[b];
+        }
+        for (a = 0; a < q->o; a++) {
+            double f = 0;
+            for (b = 0; b < q->h; b++) f += W2[a * q->h + b] * hid[b];
+            r[a] = f - y[a];
+            loss += r[a] * r[a];
+        }
+        /* d loss / d W2[a,b] = 2 r[a] hid[b]; d loss / d W1[b,j] = 2 sum_a r[a] W2[a,b] x[j] */
+        for (a = 0; a < q->o; a++)
+            for (b = 0; b < q->h; b++) g[q->h * q->m + a * q->h + b] += 2 * r[a] * hid[b];
+        for (b = 0; b < q->h; b++) {
+            double back = 0;
+            for (a = 0; a < q->o; a++) back += r[a] * W2[a * q->h + b];
+            for (j = 0; j < q->m; j++) g[b * q->m + j] += 2 * back * x[j];
+        }
+    }
+    if (grad)
+        for (j = 0; j < q->h * q->m + q->o * q->h; j++) grad[j] = (real)(g[j] / ((double)n * q->o));
+    free(g);
+    return loss / ((double)n * q->o);
+}
+
+/* devinterp's reduced-rank regression test: Adam (lr 0.01, 5000 full-batch
+ * steps) finds w*, then SGLD lr 6e-4, localization 1, nbeta 1000 / ln 1000,
+ * 3 chains x 2000 draws; the estimate must be within 40 % of Aoyagi's lambda. */
+static void test_sgld_deep_linear_network(void) {
+    static const struct { int m, h, o; double lambda; } cases[] = {
+        {5, 3, 5, 6.5}, {5, 4, 5, 8.0}, {4, 3, 8, 6.0}, {8, 3, 4, 6.0}, {3, 8, 4, 6.0}};
+    size_t k;
+    g_quiet = 1;
+    for (k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        Dln q;
+        int n_w = cases[k].h * cases[k].m + cases[k].o * cases[k].h, i, step, *all;
+        real *w = xmalloc((size_t)n_w * sizeof(real), "w"), *g = xmalloc((size_t)n_w * sizeof(real), "g");
+        SgldSettings s = default_settings();
+        LlcProblem p;
+        LlcResult r;
+        Adam adam;
+        Rng rng;
+        void *chain;
+        q.m = cases[k].m, q.h = cases[k].h, q.o = cases[k].o, q.n = 1000;
+        rng_seed(&rng, 1);
+        q.x = xmalloc((size_t)q.n * q.m * sizeof(double), "x");
+        q.y = xmalloc((size_t)q.n * q.o * sizeof(double), "y");
+        for (i = 0; i < q.n * q.m; i++) q.x[i] = rng_normal(&rng);
+        for (i = 0; i < q.n * q.o; i++) q.y[i] = rng_normal(&rng);
+        for (i = 0; i < q.h * q.m; i++) w[i] = (real)((2 * rng_uniform(&rng) - 1) / sqrt((double)q.m));
+        for (; i < n_w; i++) w[i] = (real)((2 * rng_uniform(&rng) - 1) / sqrt((double)q.h));
+
+        p.n_params = (size_t)n_w;
+        p.n_samples = q.n;
+        p.ctx = &q;
+        p.chain_new = dln_chain_new;
+        p.loss_grad = dln_loss_grad;
+        p.chain_free = poly_chain_free;
+        all = xmalloc((size_t)q.n * sizeof(int), "samples");
+        for (i = 0; i < q.n; i++) all[i] = i;
+        chain = p.chain_new(&p, w);
+        adam_init(&adam, (size_t)n_w, 0.01);
+        for (step = 0; step < 5000; step++) {
+            p.loss_grad(chain, all, q.n, g);
+            adam_step(&adam, w, g);
+        }
+        p.chain_free(chain);
+        adam_free(&adam);
+        p.w_star = w;
+
+        s.lr = 6e-4;
+        s.localization = 1.0;
+        s.batch = 1000;
+        s.chains = 3;
+        s.draws = 2000;
+        llc_estimate(&p, &s, &r);
+        CHECK(fabs(r.llc_mean - cases[k].lambda) <= 0.4 * cases[k].lambda,
+              "widths (%d,%d,%d): llc %.4g, true %.4g", q.m, q.h, q.o, r.llc_mean, cases[k].lambda);
+        llc_result_free(&r);
+        free(q.x), free(q.y), free(w), free(g), free(all);
+    }
+}
+
+/* With no noise, SGLD is gradient descent with step lr/2 * nbeta. */
+static void test_sgld_zero_noise_is_gradient_descent(void) {
+    static const int powers[2] = {1, 2};
+    Polynomial q;
+    real w_star[2] = {0.7f, -0.4f}, w[2];
+    SgldSettings s = default_settings();
+    LlcProblem p;
+    LlcResult r;
+    int all[64], i, d;
+    void *chain;
+    make_normal_crossing_data(&q, 64, 8);
+    q.d = 2;
+    q.powers = powers;
+    p = poly_problem(&q, w_star);
+    s.lr = 1e-2;
+    s.nbeta = 3.0;
+    s.noise_level = 0.0;
+    s.batch = 64;
+    s.chains = 1;
+    s.draws = 50;
+    llc_estimate(&p, &s, &r);
+
+    for (i = 0; i < 64; i++) all[i] = i;
+    memcpy(w, w_star, sizeof w);
+    chain = p.chain_new(&p, w);
+    for (d = 0; d < 50; d++) {
+        real g[2];
+        double loss = p.loss_grad(chain, all, 64, g);
+        CHECK(fabs(loss - r.loss_trace[d]) <= 1e-12 * fabs(loss), "draw %d: SGLD %.12g, descent %.12g", d,
+              r.loss_trace[d], loss);
+        for (i = 0; i < 2; i++) w[i] = w[i] - (real)(s.lr / 2) * ((real)s.nbeta * g[i]);
+    }
+    CHECK(r.loss_trace[49] < r.loss_trace[0], "loss did not decrease");
+    p.chain_free(chain);
+    llc_result_free(&r);
+    free(q.x);
+    free(q.y);
+}
+
+/* Seeded runs repeat exactly, whatever the number of threads. */
+static void test_sgld_seeded_repeat_and_threads(void) {
+    static const int powers[2] = {1, 2};
+    Polynomial q;
+    real w_star[2] = {0, 0};
+    SgldSettings s = default_settings();
+    LlcProblem p;
+    LlcResult a, b, c;
+    make_normal_crossing_data(&q, 200, 4);
+    q.d = 2;
+    q.powers = powers;
+    p = poly_problem(&q, w_star);
+    s.lr = 1e-3;
+    s.batch = 32;
+    s.chains = 3;
+    s.draws = 100;
+    s.threads = 1;
+    llc_estimate(&p, &s, &a);
+    llc_estimate(&p, &s, &b);
+    s.threads = 2;
+    llc_estimate(&p, &s, &c);
+    CHECK(!memcmp(a.loss_trace, b.loss_trace, 300 * sizeof(double)), "two seeded runs differ");
+    CHECK(!memcmp(a.loss_trace, c.loss_trace, 300 * sizeof(double)), "1 and 2 threads differ");
+    CHECK(a.llc_mean == c.llc_mean, "llc_mean %g vs %g", a.llc_mean, c.llc_mean);
+    s.seed = 43;
+    llc_result_free(&b);
+    llc_estimate(&p, &s, &b);
+    CHECK(memcmp(a.loss_trace, b.loss_trace, 300 * sizeof(double)) != 0, "another seed gives the same run");
+    llc_result_free(&a);
+    llc_result_free(&b);
+    llc_result_free(&c);
+    free(q.x);
+    free(q.y);
+}
+
+/* A problem whose loss is the number of earlier calls in the chain, and
+ * whose chain number 1 returns NaN at its 8th call. */
+typedef struct {
+    int n_chains_started;
+    int calls;
+    int chain;
+} CountingChain;
+
+static int g_counting_started;
+
+static void *counting_chain_new(const LlcProblem *p, real *w) {
+    CountingChain *c = xcalloc(1, sizeof *c, "chain");
+    (void)p;
+    (void)w;
+    c->chain = g_counting_started++ - 1;   /* the first chain made computes init_loss */
+    return c;
+}
+
+static double counting_loss_grad(void *chain, const int *samples, int n, real *grad) {
+    CountingChain *c = chain;
+    double loss = c->calls++;
+    (void)samples;
+    (void)n;
+    if (grad) grad[0] = 0;
+    if (c->chain == 1 && c->calls == 8) return NAN;
+    return loss;
+}
+
+static LlcProblem counting_problem(real *w_star) {
+    LlcProblem p;
+    p.n_params = 1;
+    p.w_star = w_star;
+    p.n_samples = 10;
+    p.ctx = NULL;
+    p.chain_new = counting_chain_new;
+    p.loss_grad = counting_loss_grad;
+    p.chain_free = poly_chain_free;
+    return p;
+}
+
+/* Burn-in 3 and every 2 record the losses of steps 4, 6, 8, 10 (the loss
+ * before each of those steps' updates); chain 1 diverges at step 7, which
+ * lies in draw (7 - 3) / 2 = 2, and is left out of llc_mean. */
+static void test_sgld_draw_rule_and_divergence(void) {
+    real w_star[1] = {0};
+    SgldSettings s = default_settings();
+    LlcProblem p = counting_problem(w_star);
+    LlcResult r;
+    int d;
+    s.lr = 1e-3;
+    s.nbeta = 1.0;
+    s.batch = 5;
+    s.chains = 3;
+    s.draws = 4;
+    s.burnin = 3;
+    s.every = 2;
+    s.threads = 1;
+    g_counting_started = 0;
+    llc_estimate(&p, &s, &r);
+    /* init loss: min(3 chains, 2 batches) = 2 calls with losses 0 and 1 */
+    CHECK(r.init_loss == 0.5, "init_loss %g, expected 0.5", r.init_loss);
+    for (d = 0; d < 4; d++)
+        CHECK(r.loss_trace[d] == 4 + 2 * d, "chain 0 draw %d is %g, expected %d", d, r.loss_trace[d], 4 + 2 * d);
+    CHECK(r.diverged_step[0] == -1, "healthy chain 0 is marked diverged");
+    CHECK(r.diverged_step[2] == -1, "healthy chain 2 is marked diverged");
+    CHECK(r.diverged_step[1] == 7, "chain 1 diverged at step %d, expected 7", r.diverged_step[1]);
+    CHECK(r.diverged_draw[1] == 2, "chain 1 diverged in draw %d, expected 2", r.diverged_draw[1]);
+    CHECK(r.n_diverged == 1, "n_diverged %d", r.n_diverged);
+    CHECK(isnan(r.llc_chain[1]), "the diverged chain has llc %g", r.llc_chain[1]);
+    CHECK(r.llc_mean == 1.0 * (7.0 - 0.5), "llc_mean %g, expected 6.5 from chains 0 and 2", r.llc_mean);
+    llc_result_free(&r);
+}
+
+/* devinterp's NaN test: Polynomial([2, 2]) at 0 with lr 1000, nbeta 1000. */
+static void test_sgld_polynomial_blows_up(void) {
+    static const int powers[2] = {2, 2};
+    Polynomial q;
+    real w_star[2] = {0, 0};
+    SgldSettings s = default_settings();
+    LlcProblem p;
+    LlcResult r;
+    make_normal_crossing_data(&q, 100, 42);
+    q.d = 2;
+    q.powers = powers;
+    p = poly_problem(&q, w_star);
+    s.lr = 1000;
+    s.nbeta = 1000;
+    s.batch = 100;
+    s.chains = 2;
+    s.draws = 100;
+    llc_estimate(&p, &s, &r);
+    CHECK(r.n_diverged == 2, "%d of 2 chains diverged", r.n_diverged);
+    CHECK(r.diverged_draw[0] >= 1, "chain 0 diverged at draw %d, before any update", r.diverged_draw[0]);
+    CHECK(r.diverged_draw[0] < 20, "chain 0 diverged only at draw %d", r.diverged_draw[0]);
+    CHECK(isnan(r.llc_mean), "llc_mean is %g, not NaN, with every chain diverged", r.llc_mean);
+    llc_result_free(&r);
+    free(q.x);
+    free(q.y);
+}
+
+static void test_default_nbeta(void) {
+    CHECK(fabs(sgld_default_nbeta(32) - 32 / log(32.0)) < 1e-12, "B=32");
+    CHECK(sgld_default_nbeta(1) == 1.0, "B=1 gives %g", sgld_default_nbeta(1));
+}
+
+/* ------------------------------------------------------------------------ */
+
+int main(int argc, char **argv) {
+    if (argc > 1 && argv[1][0]) g_model_dir = argv[1];
+    g_program = "test_llc";
+    run_test("matmul paths vs reference", test_matmul_paths);
+    run_test("rng normal moments", test_rng_normal_moments);
+    run_test("rng jump streams differ", test_rng_jump_streams_differ);
+    run_test("weight file round trip", test_weight_file_round_trip);
+    run_test("gradient random models", test_gradient_random_models);
+    run_test("gradient tracr models", test_gradient_tracr_models);
+    run_test("loss values", test_loss_values);
+    run_test("adam two steps", test_adam_two_steps);
+    run_test("default nbeta", test_default_nbeta);
+    run_test("sgld zero noise is descent", test_sgld_zero_noise_is_gradient_descent);
+    run_test("sgld seeded repeat and threads", test_sgld_seeded_repeat_and_threads);
+    run_test("sgld draw rule and divergence", test_sgld_draw_rule_and_divergence);
+    run_test("sgld polynomial blows up", test_sgld_polynomial_blows_up);
+    run_test("sgld normal crossing", test_sgld_normal_crossing);
+    run_test("sgld deep linear network", test_sgld_deep_linear_network);
+    return g_n_failed ? 1 : 0;
+}
