@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 
 #include <unistd.h>
@@ -1504,25 +1505,41 @@ static void dataset_free(Dataset *d) {
     memset(d, 0, sizeof *d);
 }
 
-/* n sequences of full length: BOS, then max_seq_len tokens drawn uniformly
- * from the vocab without BOS and PAD. */
-static void dataset_random(Dataset *d, const ModelConfig *c, int n, Rng *rng) {
-    int i, t, n_tokens = c->n_vocab - 2 + (c->bos_id == c->pad_id);
-    dataset_alloc(d, n, c);
-    for (i = 0; i < n; i++) {
-        int *ids = d->ids + (size_t)i * d->stride;
-        d->len[i] = d->stride;
+/* Refills every sequence of d with BOS and then tokens drawn uniformly from
+ * the vocab without BOS and PAD: max_seq_len of them, or with full_length
+ * unset a length drawn uniformly from 1 .. max_seq_len. With varied set,
+ * every other sequence draws its tokens from a random subset of the vocab
+ * instead (of a size uniform in 1 .. vocab), so that repeated tokens and
+ * constant sequences, rare under uniform draws, are common. */
+static void dataset_fill_random(Dataset *d, const ModelConfig *c, int full_length, int varied, Rng *rng) {
+    int i, t, k, n_tokens = c->n_vocab - 2 + (c->bos_id == c->pad_id);
+    int lo = c->bos_id < c->pad_id ? c->bos_id : c->pad_id;
+    int hi = c->bos_id < c->pad_id ? c->pad_id : c->bos_id;
+    int *subset = xmalloc((size_t)n_tokens * sizeof(int), "a token subset");
+    for (i = 0; i < d->n; i++) {
+        int *ids = d->ids + (size_t)i * d->stride, n_subset = n_tokens;
+        for (k = 0; k < n_tokens; k++) subset[k] = k;
+        if (varied && i % 2 == 1) {
+            rng_shuffle(rng, subset, n_tokens);
+            n_subset = 1 + (int)rng_below(rng, (uint64_t)n_tokens);
+        }
+        d->len[i] = full_length ? d->stride : 2 + (int)rng_below(rng, (uint64_t)c->max_seq_len);
         ids[0] = c->bos_id;
-        for (t = 1; t < d->stride; t++) {
-            int id = (int)rng_below(rng, (uint64_t)n_tokens);
+        for (t = 1; t < d->len[i]; t++) {
+            int id = subset[rng_below(rng, (uint64_t)n_subset)];
             /* skip over the BOS and PAD ids */
-            int lo = c->bos_id < c->pad_id ? c->bos_id : c->pad_id;
-            int hi = c->bos_id < c->pad_id ? c->pad_id : c->bos_id;
             if (id >= lo) id++;
             if (id >= hi && hi != lo) id++;
             ids[t] = id;
         }
     }
+    free(subset);
+}
+
+/* n sequences of full length: BOS, then max_seq_len random tokens. */
+static void dataset_random(Dataset *d, const ModelConfig *c, int n, Rng *rng) {
+    dataset_alloc(d, n, c);
+    dataset_fill_random(d, c, 1, 0, rng);
 }
 
 static int vocab_lookup(const Model *m, const char *token) {
@@ -1749,13 +1766,13 @@ static double loss_compute(LossKind kind, const real *y, const Batch *b, const i
     return total / n_rows;
 }
 
-/* Runs ref_model over the dataset and stores its outputs in d->ref; unless
- * the labels came from a file, also makes them the targets: the argmax for
- * a categorical output, the value for a numerical one. */
-static void dataset_label(Dataset *d, const Model *ref_model, int batch_size) {
+/* Runs ref_model over the dataset, using ws (room for at least one
+ * sequence), and stores its outputs in d->ref. Unless the labels came from a
+ * file, also makes them the targets: the argmax for a categorical output,
+ * the value for a numerical one. */
+static void dataset_label_with(Dataset *d, const Model *ref_model, Workspace *ws) {
     const ModelConfig *c = &ref_model->cfg;
-    int O = c->n_outputs, i, r, j, n;
-    Workspace *ws = workspace_new(c, batch_size);
+    int O = c->n_outputs, batch_size = ws->max_seqs, i, r, j, n;
     int *samples = xmalloc((size_t)batch_size * sizeof(int), "a batch");
     int *ids = xmalloc((size_t)ws->max_rows * sizeof(int), "a batch");
     int *row_src = xmalloc((size_t)ws->max_rows * sizeof(int), "a batch");
@@ -1786,6 +1803,11 @@ static void dataset_label(Dataset *d, const Model *ref_model, int batch_size) {
     free(ids);
     free(row_src);
     free(seq_start);
+}
+
+static void dataset_label(Dataset *d, const Model *ref_model, int batch_size) {
+    Workspace *ws = workspace_new(&ref_model->cfg, batch_size);
+    dataset_label_with(d, ref_model, ws);
     workspace_free(ws);
 }
 
@@ -2171,6 +2193,458 @@ static void adam_step(Adam *a, real *w, const real *grad) {
     }
 }
 
+/* The student of a teacher: the teacher's layers, heads, d_head, vocabulary
+ * and outputs, with d_model and d_mlp shrunk by the fraction `shrink`
+ * (rounded up, at least 1), every tensor trainable, and a learned
+ * unembedding in place of the teacher's fixed output projection. */
+static int shrink_dim(int d, double shrink) {
+    /* the small offset keeps (1 - 0.48) * 50 = 26.000000000000004 at 26 */
+    int n = (int)ceil((1.0 - shrink) * d - 1e-9);
+    return n < 1 ? 1 : n;
+}
+
+static char **copy_strings(char **s, int n) {
+    char **out = xcalloc((size_t)n, sizeof(char *), "strings");
+    int i;
+    for (i = 0; i < n; i++) out[i] = xstrdup(s[i]);
+    return out;
+}
+
+/* Initial weights, from the seeded stream rng: embeddings N(0, 1), weight
+ * matrices N(0, 1 / fan_in), biases zero. */
+static void student_init(Model *s, const Model *t, double shrink, const char *teacher_path, Rng *rng) {
+    int *trainable, k;
+    char text[64];
+    memset(s, 0, sizeof *s);
+    s->cfg = t->cfg;
+    s->cfg.d_model = shrink_dim(t->cfg.d_model, shrink);
+    s->cfg.d_mlp = shrink_dim(t->cfg.d_mlp, shrink);
+    trainable = xmalloc((size_t)model_tensor_count(s->cfg.n_layers) * sizeof(int), "tensor flags");
+    for (k = 0; k < model_tensor_count(s->cfg.n_layers); k++) trainable[k] = 1;
+    model_layout(s, trainable);
+    free(trainable);
+
+    s->vocab = copy_strings(t->vocab, t->cfg.n_vocab);
+    s->output_values = copy_strings(t->output_values, t->cfg.n_outputs);
+    if (model_meta(t, "program")) model_set_meta(s, "program", model_meta(t, "program"));
+    model_set_meta(s, "source", "llc distill");
+    model_set_meta(s, "teacher", teacher_path);
+    snprintf(text, sizeof text, "%g", shrink);
+    model_set_meta(s, "shrink", text);
+
+    for (k = 0; k < s->n_tensors; k++) {
+        const TensorInfo *ti = &s->tensors[k];
+        real *v = s->params + ti->offset;
+        double std = ti->rows == 1 ? 0.0 : k < 2 ? 1.0 : 1.0 / sqrt((double)ti->rows);
+        size_t j;
+        for (j = 0; j < ti->numel; j++) v[j] = (real)(std * rng_normal(rng));
+    }
+}
+
+typedef struct {
+    double shrink;
+    int steps;
+    double lr;             /* Adam's step size */
+    int batch;             /* sequences per step */
+    uint64_t seed;
+    int eval_samples;      /* held-out sequences for the agreement */
+    double restored_at;    /* agreement that counts as restoring the teacher */
+    double tolerance;      /* numerical outputs agree when this close */
+} DistillSettings;
+
+typedef struct {
+    LossKind loss;         /* kl for categorical outputs, mse for numerical ones */
+    double final_loss;     /* mean training loss over the last 100 steps (or fewer) */
+    double eval_loss;      /* the same loss on the held-out inputs */
+    double agreement;      /* share of held-out non-BOS positions where student and teacher agree */
+    int restored;
+    int steps_done;
+    double seconds;
+    int interrupted;
+} DistillResult;
+
+/* Runs model over d in batches and returns the mean loss against d's
+ * reference; stores the share of non-BOS positions where the model agrees
+ * with the reference: the same argmax, or within tolerance for a numerical
+ * output. */
+static double model_agreement(const Model *m, const Dataset *d, LossKind loss, double tolerance,
+                              int batch, double *agreement) {
+    const ModelConfig *c = &m->cfg;
+    Workspace *ws = workspace_new(c, batch);
+    int *samples = xmalloc((size_t)batch * sizeof(int), "a batch");
+    int *ids = xmalloc((size_t)ws->max_rows * sizeof(int), "a batch");
+    int *row_src = xmalloc((size_t)ws->max_rows * sizeof(int), "a batch");
+    int *seq_start = xmalloc((size_t)(batch + 1) * sizeof(int), "a batch");
+    long n_rows = 0, n_agree = 0;
+    double loss_sum = 0.0;
+    int i, j, r, n;
+
+    for (i = 0; i < d->n; i += batch) {
+        const real *y;
+        Batch b;
+        n = d->n - i < batch ? d->n - i : batch;
+        for (j = 0; j < n; j++) samples[j] = i + j;
+        b = batch_gather(d, samples, n, ids, seq_start, row_src);
+        y = model_forward(c, &m->w, ws, &b);
+        loss_sum += loss_compute(loss, y, &b, row_src, d, NULL) * (b.n_rows - b.n_seqs);
+        for (r = 0; r < b.n_rows; r++) {
+            size_t src = (size_t)row_src[r];
+            const real *yr = y + (size_t)r * c->n_outputs;
+            if (src % (size_t)d->stride == 0) continue;   /* BOS */
+            n_rows++;
+            if (c->output_kind == OUTPUT_CATEGORICAL)
+                n_agree += argmax(yr, c->n_outputs) == d->label[src];
+            else
+                n_agree += fabs((double)yr[0] - d->target[src]) <= tolerance;
+        }
+    }
+    free(samples);
+    free(ids);
+    free(row_src);
+    free(seq_start);
+    workspace_free(ws);
+    *agreement = n_rows ? (double)n_agree / n_rows : 0.0;
+    return n_rows ? loss_sum / n_rows : 0.0;
+}
+
+/* Trains student towards teacher with Adam on fresh random inputs (lengths
+ * uniform in 1 .. max_seq_len, half of them from a random subset of the
+ * vocab, see dataset_fill_random): KL(teacher || student) of the output
+ * distributions at non-BOS positions for a categorical output, squared
+ * error for a numerical one (a KL over one output is always zero).
+ * Returns 0, or -1 when the loss turns non-finite. */
+static int distill(const Model *teacher, Model *student, const DistillSettings *ds, DistillResult *res) {
+    const ModelConfig *c = &teacher->cfg;
+    Workspace *teacher_ws = workspace_new(c, ds->batch);
+    real *grad = xmalloc(student->n_params * sizeof(real), "the student's gradient");
+    int *all = xmalloc((size_t)ds->batch * sizeof(int), "a batch");
+    int window = ds->steps < 100 ? ds->steps : 100, n_recent, step, i, status = 0;
+    double *recent = xcalloc((size_t)window, sizeof(double), "recent losses");
+    double t_start = now_seconds(), t_report = t_start;
+    Dataset batch, held_out;
+    ModelProblem mp;
+    LlcProblem p;
+    Adam adam;
+    Rng rng;
+    void *chain;
+
+    memset(res, 0, sizeof *res);
+    res->loss = c->output_kind == OUTPUT_CATEGORICAL ? LOSS_KL : LOSS_MSE;
+    rng_seed(&rng, ds->seed);
+    rng_jump(&rng);   /* the stream after student_init's */
+    dataset_alloc(&batch, ds->batch, c);
+    for (i = 0; i < ds->batch; i++) all[i] = i;
+    mp.m = student;
+    mp.data = &batch;
+    mp.loss = res->loss;
+    mp.max_batch = ds->batch;
+    p = model_problem(&mp);
+    chain = p.chain_new(&p, student->params);
+    adam_init(&adam, student->n_params, ds->lr);
+
+    for (step = 0; step < ds->steps && !g_interrupted; step++) {
+        double loss;
+        dataset_fill_random(&batch, c, 0, 1, &rng);
+        dataset_label_with(&batch, teacher, teacher_ws);
+        loss = p.loss_grad(chain, all, ds->batch, grad);
+        if (!isfinite(loss)) {
+            fprintf(stderr, "%s: the training loss became %g at step %d; try a smaller --lr\n", g_program,
+                    loss, step);
+            status = -1;
+            break;
+        }
+        /* cosine decay of the step size from lr to lr / 10 */
+        adam.lr = ds->lr * (0.55 + 0.45 * cos(LLC_PI * step / ds->steps));
+        adam_step(&adam, student->params, grad);
+        recent[step % window] = loss;
+        res->steps_done = step + 1;
+        if (now_seconds() - t_report >= 2.0) {
+            t_report = now_seconds();
+            progress("step %d/%d, loss %.4g, %.0f s", step + 1, ds->steps, loss, t_report - t_start);
+        }
+    }
+    n_recent = res->steps_done < window ? res->steps_done : window;
+    for (i = 0; i < n_recent; i++) res->final_loss += recent[i];
+    res->final_loss = n_recent ? res->final_loss / n_recent : NAN;
+
+    /* held-out inputs from a third stream */
+    rng_jump(&rng);
+    dataset_alloc(&held_out, ds->eval_samples, c);
+    dataset_fill_random(&held_out, c, 0, 1, &rng);
+    dataset_label(&held_out, teacher, ds->batch);
+    res->eval_loss = model_agreement(student, &held_out, res->loss, ds->tolerance, ds->batch, &res->agreement);
+    res->restored = res->agreement >= ds->restored_at;
+    res->seconds = now_seconds() - t_start;
+    res->interrupted = g_interrupted != 0;
+
+    p.chain_free(chain);
+    adam_free(&adam);
+    dataset_free(&batch);
+    dataset_free(&held_out);
+    workspace_free(teacher_ws);
+    free(grad);
+    free(all);
+    free(recent);
+    return status;
+}
+
+/* ---------------------------------------------------------------------------
+ * Plots: SVG line charts with labelled axes, an optional right axis and a
+ * legend. Coordinates are in SVG user units (pixels).
+ * ------------------------------------------------------------------------- */
+
+/* Ten distinguishable colours (the "category10" palette of d3 and matplotlib). */
+static const char *const plot_colors[10] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+                                            "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"};
+
+typedef struct {
+    const char *label;
+    const double *x, *y;   /* non-finite points are left out and break the line */
+    int n;
+    int dashed;
+    int right;             /* drawn against the right axis */
+    int color;             /* index into plot_colors */
+    const int *marked;     /* optional: points drawn as crosses where marked[i] is set */
+} PlotSeries;
+
+typedef struct {
+    const char *title, *x_label, *y_label, *y2_label;
+    int log_x, log_y;
+    const PlotSeries *series;
+    int n_series;
+    const char *note;      /* optional line under the plot */
+} LinePlot;
+
+static void svg_text(FILE *f, double x, double y, const char *anchor, int size, const char *extra,
+                     const char *text) {
+    const char *s;
+    fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"%s\" font-size=\"%d\"%s%s>", x, y, anchor, size,
+            extra ? " " : "", extra ? extra : "");
+    for (s = text; *s; s++) {
+        if (*s == '<') fputs("&lt;", f);
+        else if (*s == '>') fputs("&gt;", f);
+        else if (*s == '&') fputs("&amp;", f);
+        else if (*s == '"') fputs("&quot;", f);
+        else fputc(*s, f);
+    }
+    fputs("</text>\n", f);
+}
+
+/* Tick values at 1, 2 or 5 times a power of ten, about max_ticks of them. */
+static int nice_ticks(double lo, double hi, int max_ticks, double *ticks) {
+    double span = hi - lo, raw, mag, step, t;
+    int n = 0;
+    if (!(span > 0)) {
+        ticks[0] = lo;
+        return 1;
+    }
+    raw = span / max_ticks;
+    mag = pow(10.0, floor(log10(raw)));
+    step = raw / mag <= 1 ? mag : raw / mag <= 2 ? 2 * mag : raw / mag <= 5 ? 5 * mag : 10 * mag;
+    for (t = ceil(lo / step - 1e-9) * step; t <= hi + step * 1e-9 && n < 32; t += step)
+        ticks[n++] = fabs(t) < step * 1e-9 ? 0.0 : t;
+    return n;
+}
+
+static void format_tick(char *out, size_t n, double v) {
+    if (v != 0 && (fabs(v) >= 1e5 || fabs(v) < 1e-3)) snprintf(out, n, "%.0e", v);
+    else snprintf(out, n, "%g", v);
+}
+
+/* Range of the finite values of the series on one axis. */
+static void series_range(const LinePlot *p, int axis_y, int right, int log_scale, double *lo, double *hi) {
+    int s, i;
+    *lo = INFINITY;
+    *hi = -INFINITY;
+    for (s = 0; s < p->n_series; s++) {
+        const PlotSeries *ps = &p->series[s];
+        if (axis_y && ps->right != right) continue;
+        for (i = 0; i < ps->n; i++) {
+            double v = axis_y ? ps->y[i] : ps->x[i];
+            if (!isfinite(v) || (log_scale && v <= 0)) continue;
+            if (!axis_y && !isfinite(ps->y[i])) continue;
+            if (v < *lo) *lo = v;
+            if (v > *hi) *hi = v;
+        }
+    }
+    if (!isfinite(*lo)) *lo = log_scale ? 1 : 0, *hi = log_scale ? 10 : 1;
+    if (*hi == *lo) {
+        double pad = log_scale ? *lo : (*lo == 0 ? 1 : fabs(*lo) * 0.1);
+        *lo -= log_scale ? pad / 2 : pad;
+        *hi += pad;
+    }
+}
+
+typedef struct {
+    double lo, hi;         /* data range (log10 of it for a log axis) */
+    int log_scale;
+    double px0, px1;       /* pixel positions of lo and hi */
+} Axis;
+
+static double axis_pos(const Axis *a, double v) {
+    double u = a->log_scale ? log10(v) : v;
+    return a->px0 + (u - a->lo) / (a->hi - a->lo) * (a->px1 - a->px0);
+}
+
+/* Sets up an axis over [lo, hi] and draws its ticks and grid lines. */
+static void draw_axis(FILE *f, Axis *a, double lo, double hi, int log_scale, int vertical, double px0,
+                      double px1, double across0, double across1, int right_side) {
+    double ticks[40];
+    int n, i;
+    char label[32];
+    a->log_scale = log_scale;
+    a->px0 = px0;
+    a->px1 = px1;
+    if (log_scale) {
+        a->lo = floor(log10(lo));
+        a->hi = ceil(log10(hi));
+        if (a->hi == a->lo) a->hi += 1;
+        n = 0;
+        for (i = (int)a->lo; i <= (int)a->hi && n < 40; i++) ticks[n++] = pow(10.0, i);
+        if (n > 12) {   /* thin out long decades */
+            int k = 0, every = (n + 11) / 12;
+            for (i = 0; i < n; i += every) ticks[k++] = ticks[i];
+            n = k;
+        }
+    } else {
+        double pad = (hi - lo) * 0.05;
+        a->lo = lo - pad;
+        a->hi = hi + pad;
+        n = nice_ticks(a->lo, a->hi, 6, ticks);
+    }
+    for (i = 0; i < n; i++) {
+        double p = axis_pos(a, ticks[i]);
+        if (p < fmin(px0, px1) - 0.5 || p > fmax(px0, px1) + 0.5) continue;
+        format_tick(label, sizeof label, ticks[i]);
+        if (vertical) {
+            if (!right_side)
+                fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#e0e0e0\"/>\n",
+                        across0, p, across1, p);
+            svg_text(f, right_side ? across1 + 6 : across0 - 6, p + 4, right_side ? "start" : "end", 12, NULL,
+                     label);
+        } else {
+            fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#e0e0e0\"/>\n", p,
+                    across0, p, across1);
+            svg_text(f, p, across0 + 18, "middle", 12, NULL, label);
+        }
+    }
+}
+
+/* Writes a line chart; series with right set use a second y axis on the right. */
+static void svg_line_plot(FILE *f, const LinePlot *p) {
+    const double width = 760, height = 460, left = 80, top = 50, bottom = 70;
+    int has_right = 0, s, i;
+    double right, x_lo, x_hi, y_lo, y_hi, legend_y;
+    Axis ax, ay, ay2;
+    for (s = 0; s < p->n_series; s++) has_right |= p->series[s].right;
+    right = has_right ? 90 : 30;
+
+    fprintf(f, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
+               "viewBox=\"0 0 %.0f %.0f\" font-family=\"sans-serif\">\n", width, height, width, height);
+    fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
+    if (p->title) svg_text(f, width / 2, 28, "middle", 16, "font-weight=\"bold\"", p->title);
+
+    series_range(p, 0, 0, p->log_x, &x_lo, &x_hi);
+    draw_axis(f, &ax, x_lo, x_hi, p->log_x, 0, left, width - right, height - bottom, top, 0);
+    series_range(p, 1, 0, p->log_y, &y_lo, &y_hi);
+    draw_axis(f, &ay, y_lo, y_hi, p->log_y, 1, height - bottom, top, left, width - right, 0);
+    if (has_right) {
+        series_range(p, 1, 1, 0, &y_lo, &y_hi);
+        draw_axis(f, &ay2, y_lo, y_hi, 0, 1, height - bottom, top, left, width - right, 1);
+    }
+    fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"black\"/>\n",
+            left, top, width - right - left, height - bottom - top);
+
+    /* axis labels */
+    svg_text(f, (left + width - right) / 2, height - bottom + 42, "middle", 14, NULL, p->x_label);
+    {
+        char rotate[96];
+        snprintf(rotate, sizeof rotate, "transform=\"rotate(-90 %.1f %.1f)\"", 24.0, (top + height - bottom) / 2);
+        svg_text(f, 24, (top + height - bottom) / 2, "middle", 14, rotate, p->y_label);
+        if (has_right && p->y2_label) {
+            snprintf(rotate, sizeof rotate, "transform=\"rotate(90 %.1f %.1f)\"", width - 20,
+                     (top + height - bottom) / 2);
+            svg_text(f, width - 20, (top + height - bottom) / 2, "middle", 14, rotate, p->y2_label);
+        }
+    }
+
+    /* the series, clipped to the plot area */
+    fprintf(f, "<clipPath id=\"area\"><rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\"/></clipPath>\n",
+            left, top, width - right - left, height - bottom - top);
+    fprintf(f, "<g clip-path=\"url(#area)\">\n");
+    for (s = 0; s < p->n_series; s++) {
+        const PlotSeries *ps = &p->series[s];
+        const Axis *y_axis = ps->right ? &ay2 : &ay;
+        const char *color = plot_colors[ps->color % 10];
+        int open = 0;
+        for (i = 0; i < ps->n; i++) {
+            int ok = isfinite(ps->x[i]) && isfinite(ps->y[i]) && (!p->log_x || ps->x[i] > 0) &&
+                     (ps->right || !p->log_y || ps->y[i] > 0);
+            if (!ok) {
+                if (open) fputs("\"/>\n", f);
+                open = 0;
+                continue;
+            }
+            if (!open)
+                fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.8\"%s points=\"", color,
+                        ps->dashed ? " stroke-dasharray=\"6 4\"" : "");
+            fprintf(f, "%.1f,%.1f ", axis_pos(&ax, ps->x[i]), axis_pos(y_axis, ps->y[i]));
+            open = 1;
+        }
+        if (open) fputs("\"/>\n", f);
+        for (i = 0; ps->n <= 60 && i < ps->n; i++) {
+            double px, py;
+            if (!isfinite(ps->x[i]) || !isfinite(ps->y[i])) continue;
+            if ((p->log_x && ps->x[i] <= 0) || (!ps->right && p->log_y && ps->y[i] <= 0)) continue;
+            px = axis_pos(&ax, ps->x[i]);
+            py = axis_pos(y_axis, ps->y[i]);
+            if (ps->marked && ps->marked[i])
+                fprintf(f, "<path d=\"M%.1f %.1fl8 8m0 -8l-8 8\" stroke=\"%s\" stroke-width=\"2\"/>\n", px - 4,
+                        py - 4, color);
+            else
+                fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%s\"/>\n", px, py, color);
+        }
+    }
+    fprintf(f, "</g>\n");
+
+    /* legend, top left inside the plot */
+    legend_y = top + 10;
+    {
+        int n_labels = 0;
+        size_t longest = 0;
+        for (s = 0; s < p->n_series; s++) {
+            if (!p->series[s].label) continue;
+            n_labels++;
+            if (strlen(p->series[s].label) > longest) longest = strlen(p->series[s].label);
+        }
+        if (n_labels)
+            fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%d\" fill=\"white\" "
+                       "fill-opacity=\"0.85\" stroke=\"#cccccc\"/>\n",
+                    left + 4, top + 4, 44 + 7.0 * (double)longest, 17 * n_labels + 8);
+    }
+    fprintf(f, "<g font-size=\"12\">\n");
+    for (s = 0; s < p->n_series; s++) {
+        const PlotSeries *ps = &p->series[s];
+        if (!ps->label) continue;
+        fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"2\"%s/>\n",
+                left + 10, legend_y + 5, left + 34, legend_y + 5, plot_colors[ps->color % 10],
+                ps->dashed ? " stroke-dasharray=\"6 4\"" : "");
+        svg_text(f, left + 40, legend_y + 9, "start", 12, NULL, ps->label);
+        legend_y += 17;
+    }
+    fprintf(f, "</g>\n");
+    if (p->note) svg_text(f, left, height - 12, "start", 11, "fill=\"#555\"", p->note);
+    fprintf(f, "</svg>\n");
+}
+
+static int write_line_plot(const char *path, const LinePlot *p) {
+    AtomicFile af;
+    if (atomic_open(&af, path) != 0) return -1;
+    svg_line_plot(af.f, p);
+    return atomic_commit(&af);
+}
+
 /* ---------------------------------------------------------------------------
  * Command line. Results go to stdout, progress and diagnostics to stderr.
  * Exit status: 0 success, 1 failure, 2 usage error, 130 interrupted.
@@ -2293,7 +2767,8 @@ static int parse_args(const Command *cmd, const Option *opts, int argc, char **a
         } else if (!only_positional && (!strcmp(arg, "--help") || !strcmp(arg, "-h"))) {
             print_help(cmd, opts);
             exit(0);
-        } else if (!only_positional && arg[0] == '-' && arg[1] == '-') {
+        } else if (!only_positional && arg[0] == '-' && arg[1] && !isdigit((unsigned char)arg[1]) &&
+                   arg[1] != '.') {
             const char *eq = strchr(arg, '=');
             size_t len = eq ? (size_t)(eq - arg) : strlen(arg);
             const Option *o = NULL;
@@ -2934,6 +3409,589 @@ static int cmd_diff(int argc, char **argv) {
     return same ? 0 : 1;
 }
 
+/* llc distill ------------------------------------------------------------- */
+
+static void distill_defaults(DistillSettings *ds) {
+    memset(ds, 0, sizeof *ds);
+    ds->steps = 10000;
+    ds->lr = 3e-3;
+    ds->batch = 32;
+    ds->seed = 1;
+    ds->eval_samples = 1024;
+    ds->restored_at = 0.99;
+    ds->tolerance = 1e-2;
+}
+
+static void write_distill_json(FILE *f, const char *teacher_path, const char *student_path, const Model *t,
+                               const Model *s, const DistillSettings *ds, const DistillResult *r) {
+    Json j;
+    json_init(&j, f);
+    json_object(&j, NULL);
+    json_str(&j, "teacher", teacher_path);
+    json_str(&j, "student", student_path);
+    json_str(&j, "program", model_meta(t, "program"));
+    json_int(&j, "max_seq_len", t->cfg.max_seq_len);
+    json_num(&j, "shrink", ds->shrink);
+    json_int(&j, "teacher_d_model", t->cfg.d_model);
+    json_int(&j, "teacher_d_mlp", t->cfg.d_mlp);
+    json_int(&j, "teacher_n_params", (long long)t->n_params);
+    json_int(&j, "d_model", s->cfg.d_model);
+    json_int(&j, "d_mlp", s->cfg.d_mlp);
+    json_int(&j, "n_params", (long long)s->n_params);
+    json_str(&j, "loss", loss_name(r->loss));
+    json_bool(&j, "complete", !r->interrupted);
+    json_num(&j, "final_loss", r->final_loss);
+    json_num(&j, "eval_loss", r->eval_loss);
+    json_num(&j, "agreement", r->agreement);
+    json_bool(&j, "restored", r->restored);
+    json_num(&j, "restored_at", ds->restored_at);
+    json_int(&j, "steps", r->steps_done);
+    json_num(&j, "seconds", r->seconds);
+    json_object(&j, "settings");
+    json_int(&j, "steps", ds->steps);
+    json_num(&j, "lr", ds->lr);
+    json_int(&j, "batch", ds->batch);
+    json_int(&j, "seed", (long long)ds->seed);
+    json_int(&j, "eval_samples", ds->eval_samples);
+    json_num(&j, "tolerance", ds->tolerance);
+    json_object_end(&j);
+    json_object_end(&j);
+}
+
+static int cmd_distill(int argc, char **argv) {
+    static const Command cmd = {
+        "distill", "TEACHER -o STUDENT --shrink F [options]",
+        "Distill TEACHER into a student with the same layers and heads and with d_model and d_mlp\n"
+        "shrunk by the fraction F (rounded up, at least 1). The student learns its embeddings and\n"
+        "an unembedding onto the teacher's outputs with Adam on fresh random inputs, minimising\n"
+        "KL(teacher || student) of the output distributions (squared error for a numerical output).",
+        1, 1,
+        "The student file records the teacher's path, so `llc estimate STUDENT` measures its LLC\n"
+        "with the KL loss against the teacher by default.\n"};
+    DistillSettings ds;
+    const char *out = NULL, *json_path = NULL;
+    int quiet = 0, status;
+    Option opts[] = {
+        {"-o", OPT_STRING, &out, 0, 0, 0, "FILE", "student weight file to write (required)", NULL},
+        {"--shrink", OPT_REAL, &ds.shrink, 0, 1, 0, "F", "fraction of d_model and d_mlp to remove, 0 <= F < 1",
+         NULL},
+        {"--steps", OPT_INT, &ds.steps, 1, 1e8, 0, "N", "Adam steps", NULL},
+        {"--lr", OPT_REAL, &ds.lr, 0, INFINITY, 1, "LR", "Adam step size", NULL},
+        {"--batch", OPT_INT, &ds.batch, 1, 1e6, 0, "N", "random input sequences per step", NULL},
+        {"--seed", OPT_U64, &ds.seed, 0, 0, 0, "N", "seed of the initial weights and the inputs", NULL},
+        {"--eval-samples", OPT_INT, &ds.eval_samples, 1, 1e8, 0, "N", "held-out inputs for the agreement", NULL},
+        {"--restored-at", OPT_REAL, &ds.restored_at, 0, 1, 0, "A",
+         "agreement with the teacher that counts as restored", NULL},
+        {"--tolerance", OPT_REAL, &ds.tolerance, 0, INFINITY, 1, "T",
+         "numerical outputs agree when this close", NULL},
+        {"--json", OPT_STRING, &json_path, 0, 0, 0, "FILE", "write the results as JSON", NULL},
+        {"--quiet", OPT_FLAG, &quiet, 0, 0, 0, NULL, "no progress messages", NULL},
+        {NULL, OPT_FLAG, NULL, 0, 0, 0, NULL, NULL, NULL}};
+    char *pos[1];
+    Model teacher, student;
+    DistillResult r;
+    Rng rng;
+
+    distill_defaults(&ds);
+    ds.shrink = NAN;
+    parse_args(&cmd, opts, argc, argv, pos);
+    g_quiet = quiet;
+    if (!out) usage_error(&cmd, "missing -o STUDENT");
+    if (!isfinite(ds.shrink)) usage_error(&cmd, "missing --shrink F");
+    if (ds.shrink >= 1) usage_error(&cmd, "--shrink must be a number in [0, 1), got %g", ds.shrink);
+
+    load_model_or_exit(&teacher, pos[0]);
+    rng_seed(&rng, ds.seed);
+    student_init(&student, &teacher, ds.shrink, pos[0], &rng);
+    progress("student of %s: d_model %d -> %d, d_mlp %d -> %d, %zu parameters", pos[0], teacher.cfg.d_model,
+             student.cfg.d_model, teacher.cfg.d_mlp, student.cfg.d_mlp, student.n_params);
+    install_sigint_handler();
+    status = distill(&teacher, &student, &ds, &r) == 0 ? 0 : 1;
+    if (status == 0) model_set_meta(&student, "loss", loss_name(r.loss));
+
+    printf("teacher      %s (%s, d_model %d, d_mlp %d, %zu parameters)\n", pos[0], model_program(&teacher),
+           teacher.cfg.d_model, teacher.cfg.d_mlp, teacher.n_params);
+    printf("student      %s (shrink %g: d_model %d, d_mlp %d, %zu parameters)\n", out, ds.shrink,
+           student.cfg.d_model, student.cfg.d_mlp, student.n_params);
+    printf("loss         %s\n", r.loss == LOSS_KL ? "kl: KL(teacher || student) of the output distributions"
+                                                 : "mse: squared error against the teacher's output");
+    printf("training     %d steps of %d inputs, Adam lr %g, final loss %.6g\n", r.steps_done, ds.batch, ds.lr,
+           r.final_loss);
+    printf("held-out     %d inputs: loss %.6g, agreement %.4f\n", ds.eval_samples, r.eval_loss, r.agreement);
+    printf("restored     %s (agreement %s %g)\n", r.restored ? "yes" : "no", r.restored ? ">=" : "<",
+           ds.restored_at);
+    printf("time         %.1f s\n", r.seconds);
+
+    if (status == 0) {
+        const char *student_path = out;
+        char *partial = NULL;
+        if (r.interrupted) {
+            size_t n = strlen(out) + 16;
+            partial = xmalloc(n, "a path");
+            snprintf(partial, n, "%s.incomplete", out);
+            student_path = partial;
+            model_set_meta(&student, "incomplete", "interrupted before the last step");
+            warn("interrupted after %d of %d steps: the student is written to %s, and %s is unchanged",
+                 r.steps_done, ds.steps, partial, out);
+        }
+        if (model_save(&student, student_path) != 0) status = 1;
+        if (json_path) {
+            AtomicFile af;
+            char *json_out = NULL;
+            if (r.interrupted) {
+                size_t n = strlen(json_path) + 16;
+                json_out = xmalloc(n, "a path");
+                snprintf(json_out, n, "%s.incomplete", json_path);
+            }
+            if (atomic_open(&af, json_out ? json_out : json_path) == 0) {
+                write_distill_json(af.f, pos[0], student_path, &teacher, &student, &ds, &r);
+                if (atomic_commit(&af) != 0) status = 1;
+            } else {
+                status = 1;
+            }
+            free(json_out);
+        }
+        free(partial);
+    }
+    if (r.interrupted) status = 130;
+    model_free(&teacher);
+    model_free(&student);
+    return status;
+}
+
+/* Shared pieces of the commands that run many estimates -------------------- */
+
+/* The SGLD options of every command that estimates an LLC. */
+#define SGLD_OPTIONS(s, nbeta, n_samples)                                                          \
+    {"--lr", OPT_REAL, &(s).lr, 0, INFINITY, 1, "EPS", "SGLD step size epsilon", NULL},             \
+    {"--nbeta", OPT_REAL, &(nbeta), 0, INFINITY, 1, "NB",                                          \
+     "inverse temperature n*beta (default batch / ln(batch))", NULL},                              \
+    {"--localization", OPT_REAL, &(s).localization, 0, INFINITY, 0, "G",                           \
+     "strength gamma of the pull towards w*", NULL},                                               \
+    {"--chains", OPT_INT, &(s).chains, 1, 100000, 0, "N", "independent SGLD chains", NULL},         \
+    {"--draws", OPT_INT, &(s).draws, 1, 1e8, 0, "N", "recorded draws per chain", NULL},             \
+    {"--burnin", OPT_INT, &(s).burnin, 0, 1e9, 0, "N", "steps before the first draw", NULL},        \
+    {"--every", OPT_INT, &(s).every, 1, 1e6, 0, "N", "steps between draws", NULL},                  \
+    {"--batch", OPT_INT, &(s).batch, 1, 1e6, 0, "N", "sequences per minibatch", NULL},              \
+    {"--samples", OPT_INT, &(n_samples), 1, 1e8, 0, "N", "random input sequences", NULL},           \
+    {"--seed", OPT_U64, &(s).seed, 0, 0, 0, "N", "seed of the inputs and the SGLD noise", NULL},    \
+    {"--threads", OPT_INT, &(s).threads, 0, 4096, 0, "N", "worker threads, 0 = one per core", NULL}
+
+static void sgld_defaults(SgldSettings *s) {
+    memset(s, 0, sizeof *s);
+    s->lr = 1e-5;
+    s->noise_level = 1.0;
+    s->chains = 5;
+    s->draws = 100;
+    s->every = 1;
+    s->batch = 32;
+    s->shuffle = 1;
+    s->seed = 1;
+}
+
+/* Estimates the LLC of m on n_samples random full-length inputs (from the
+ * settings' seed) labelled by ref: the teacher, or m itself. */
+static void estimate_on_random_inputs(const Model *m, const Model *ref, LossKind loss, const SgldSettings *s,
+                                      int n_samples, LlcResult *r) {
+    Dataset d;
+    ModelProblem mp;
+    LlcProblem p;
+    Rng rng;
+    rng_seed(&rng, s->seed);
+    dataset_random(&d, &m->cfg, n_samples, &rng);
+    dataset_label(&d, ref, s->batch < n_samples ? s->batch : n_samples);
+    mp.m = m;
+    mp.data = &d;
+    mp.loss = loss;
+    mp.max_batch = s->batch < n_samples ? s->batch : n_samples;
+    p = model_problem(&mp);
+    if (llc_estimate(&p, s, r) != 0) die("invalid SGLD settings");
+    dataset_free(&d);
+}
+
+static int file_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+static int dir_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static int make_dir(const char *path) {
+    if (dir_exists(path)) return 0;
+    if (mkdir(path, 0777) != 0) {
+        fprintf(stderr, "%s: cannot create the folder %s: %s\n", g_program, path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* The folder of shipped models and compile.py: --weights, else
+ * tracr_weights beside the llc executable, else ./tracr_weights. */
+static const char *weights_dir(const char *given) {
+    static char found[4096];
+    char exe[4096];
+    ssize_t n;
+    if (given) return given;
+    n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        char *slash;
+        exe[n] = 0;
+        slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = 0;
+            snprintf(found, sizeof found, "%s/tracr_weights", exe);
+            if (dir_exists(found)) return found;
+        }
+    }
+    return "tracr_weights";
+}
+
+static const char *const tracr_programs[] = {"length", "frac_prevs", "sort", "sort_unique", "hist",
+                                             "sort_freq", "pair_balance", "dyck-2", "dyck-3"};
+
+static int is_tracr_program(const char *name) {
+    size_t i;
+    for (i = 0; i < sizeof tracr_programs / sizeof tracr_programs[0]; i++)
+        if (!strcmp(tracr_programs[i], name)) return 1;
+    return 0;
+}
+
+/* Runs argv[0] with its arguments (no shell) and returns its exit status. */
+static int run_process(char *const argv[]) {
+    pid_t pid = fork();
+    int status;
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        execvp(argv[0], argv);
+        fprintf(stderr, "%s: cannot run %s: %s\n", g_program, argv[0], strerror(errno));
+        _exit(127);
+    }
+    if (waitpid(pid, &status, 0) < 0) return -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* Finds PROGRAM at max_seq_len among the shipped models, else in cache_dir,
+ * else compiles it into cache_dir with tracr_weights/compile.py. Stores the
+ * path in out (out_size bytes) and returns 0, or -1 after a message. */
+static int find_or_compile_model(const char *program, int max_seq_len, const char *weights, const char *cache_dir,
+                                 char *out, size_t out_size) {
+    char script[4096], n_text[32];
+    char *args[8];
+    int status;
+    snprintf(out, out_size, "%s/%s_n%d.llcw", weights, program, max_seq_len);
+    if (file_exists(out)) return 0;
+    snprintf(out, out_size, "%s/%s_n%d.llcw", cache_dir, program, max_seq_len);
+    if (file_exists(out)) return 0;
+    snprintf(script, sizeof script, "%s/compile.py", weights);
+    if (!file_exists(script)) {
+        fprintf(stderr, "%s: %s not found, so %s at max_seq_len %d cannot be compiled (set --weights to the "
+                        "tracr_weights folder)\n", g_program, script, program, max_seq_len);
+        return -1;
+    }
+    snprintf(n_text, sizeof n_text, "%d", max_seq_len);
+    progress("compiling %s at max_seq_len %d into %s", program, max_seq_len, out);
+    args[0] = "python3";
+    args[1] = script;
+    args[2] = (char *)program;
+    args[3] = "--max-seq-len";
+    args[4] = n_text;
+    args[5] = "-o";
+    args[6] = out;
+    args[7] = NULL;
+    status = run_process(args);
+    if (status != 0) {
+        fprintf(stderr, "%s: compiling %s at max_seq_len %d failed (python3 %s exited with status %d)\n",
+                g_program, program, max_seq_len, script, status);
+        return -1;
+    }
+    return 0;
+}
+
+/* Splits "a,b,c" into at most max numbers; returns the count or -1. */
+static int parse_number_list(const char *text, double *out, int max) {
+    int n = 0;
+    const char *p = text;
+    while (*p) {
+        char *end;
+        double v;
+        errno = 0;
+        v = strtod(p, &end);
+        if (end == p || errno || !isfinite(v) || n == max) return -1;
+        out[n++] = v;
+        if (*end == ',') end++;
+        else if (*end) return -1;
+        p = end;
+    }
+    return n;
+}
+
+/* Mean over the chains that did not diverge of (loss - init_loss), per draw. */
+static void mean_trace(const LlcResult *r, double *out) {
+    int c, d;
+    for (d = 0; d < r->draws; d++) {
+        double sum = 0.0;
+        int n = 0;
+        for (c = 0; c < r->chains; c++) {
+            double v = r->loss_trace[(size_t)c * r->draws + d];
+            if (r->diverged_step[c] >= 0 || !isfinite(v)) continue;
+            sum += v - r->init_loss;
+            n++;
+        }
+        out[d] = n ? sum / n : NAN;
+    }
+}
+
+/* llc study-distill --------------------------------------------------------- */
+
+enum { MAX_SHRINKS = 16 };
+
+typedef struct {
+    char program[32];
+    double llc_mean[MAX_SHRINKS + 1];   /* [0] the teacher, [1 + k] the student of shrink k */
+    double llc_std[MAX_SHRINKS + 1];
+    double distill_loss[MAX_SHRINKS + 1];
+    int restored[MAX_SHRINKS + 1];
+    double *trace[MAX_SHRINKS + 1];     /* mean (loss - init_loss) per draw */
+} StudyRow;
+
+static int cmd_study_distill(int argc, char **argv) {
+    static const Command cmd = {
+        "study-distill", "PROGRAM... [options]",
+        "For each Tracr program: the teacher's LLC, then for each shrink fraction a distilled student,\n"
+        "its LLC (KL loss against the teacher), its held-out distillation loss and whether it restores\n"
+        "the teacher. Writes DIR/distill.csv, DIR/distill.md, and SVG plots of the SGLD loss traces\n"
+        "per program and of the LLC and distillation loss against the shrink fraction.",
+        1, 9,
+        "Programs: length frac_prevs sort sort_unique hist sort_freq pair_balance dyck-2 dyck-3.\n"
+        "Teachers are the shipped models, or are compiled into DIR with tracr_weights/compile.py.\n"};
+    SgldSettings s;
+    DistillSettings ds;
+    double nbeta = NAN, shrinks[MAX_SHRINKS];
+    int n_samples = 1024, max_seq_len = 5, quiet = 0, n_shrinks, n_programs, i, k, status = 0;
+    const char *shrink_text = "0,0.48,0.95", *out_dir = "study_distill", *weights = NULL;
+    const char *teacher_loss_name = "auto";
+    Option opts[] = {
+        SGLD_OPTIONS(s, nbeta, n_samples),
+        {"--shrink", OPT_STRING, &shrink_text, 0, 0, 0, "F,F,...", "shrink fractions of the students", NULL},
+        {"--max-seq-len", OPT_INT, &max_seq_len, 1, 100, 0, "N", "max_seq_len of the teachers", NULL},
+        {"--out", OPT_STRING, &out_dir, 0, 0, 0, "DIR", "folder for models, tables and plots", NULL},
+        {"--weights", OPT_STRING, &weights, 0, 0, 0, "DIR", "folder of shipped models and compile.py", NULL},
+        {"--teacher-loss", OPT_STRING, &teacher_loss_name, 0, 0, 0, "NAME",
+         "loss of the teacher's LLC: auto (ce, or mse for numerical outputs), ce, mse or kl", "auto|ce|mse|kl"},
+        {"--distill-steps", OPT_INT, &ds.steps, 1, 1e8, 0, "N", "Adam steps per student", NULL},
+        {"--distill-lr", OPT_REAL, &ds.lr, 0, INFINITY, 1, "LR", "Adam step size", NULL},
+        {"--distill-batch", OPT_INT, &ds.batch, 1, 1e6, 0, "N", "random inputs per Adam step", NULL},
+        {"--restored-at", OPT_REAL, &ds.restored_at, 0, 1, 0, "A", "agreement that counts as restored", NULL},
+        {"--quiet", OPT_FLAG, &quiet, 0, 0, 0, NULL, "no progress messages", NULL},
+        {NULL, OPT_FLAG, NULL, 0, 0, 0, NULL, NULL, NULL}};
+    char *programs[9], path[4096];
+    StudyRow rows[9];
+    AtomicFile af;
+
+    sgld_defaults(&s);
+    distill_defaults(&ds);
+    n_programs = parse_args(&cmd, opts, argc, argv, programs);
+    g_quiet = quiet;
+    s.nbeta = isfinite(nbeta) ? nbeta : 0.0;
+    n_shrinks = parse_number_list(shrink_text, shrinks, MAX_SHRINKS);
+    if (n_shrinks < 1) usage_error(&cmd, "--shrink must be a list of up to %d numbers, got \"%s\"", MAX_SHRINKS,
+                                   shrink_text);
+    for (k = 0; k < n_shrinks; k++)
+        if (shrinks[k] < 0 || shrinks[k] >= 1)
+            usage_error(&cmd, "--shrink values must be in [0, 1), got %g", shrinks[k]);
+    for (i = 0; i < n_programs; i++)
+        if (!is_tracr_program(programs[i]))
+            usage_error(&cmd, "unknown program \"%s\" (see the list below in --help)", programs[i]);
+    if (make_dir(out_dir) != 0) return 1;
+    weights = weights_dir(weights);
+    ds.seed = s.seed;
+    install_sigint_handler();
+    memset(rows, 0, sizeof rows);
+
+    if (atomic_open(&af, (snprintf(path, sizeof path, "%s/distill.csv", out_dir), path)) != 0) return 1;
+    fprintf(af.f, "program,max_seq_len,model,shrink,d_model,d_mlp,n_params,n_nonzero,loss,llc_mean,llc_std,"
+                  "init_loss,diverged_chains,distill_loss_name,distill_loss,agreement,restored,path\n");
+
+    for (i = 0; i < n_programs && !g_interrupted; i++) {
+        char teacher_path[4096];
+        Model teacher;
+        LlcResult r;
+        LossKind teacher_loss;
+        StudyRow *row = &rows[i];
+        snprintf(row->program, sizeof row->program, "%s", programs[i]);
+
+        if (find_or_compile_model(programs[i], max_seq_len, weights, out_dir, teacher_path, sizeof teacher_path))
+            return 1;
+        load_model_or_exit(&teacher, teacher_path);
+        teacher_loss = resolve_loss(teacher_loss_name, &teacher, 0, "study-distill");
+        progress("%s: teacher LLC (%s loss)", programs[i], loss_name(teacher_loss));
+        estimate_on_random_inputs(&teacher, &teacher, teacher_loss, &s, n_samples, &r);
+        row->llc_mean[0] = r.llc_mean;
+        row->llc_std[0] = r.llc_std;
+        row->distill_loss[0] = 0.0;
+        row->trace[0] = xmalloc((size_t)s.draws * sizeof(double), "a trace");
+        mean_trace(&r, row->trace[0]);
+        fprintf(af.f, "%s,%d,teacher,,%d,%d,%zu,%zu,%s,%.9g,%.9g,%.9g,%d,,,,,%s\n", programs[i], max_seq_len,
+                teacher.cfg.d_model, teacher.cfg.d_mlp, teacher.n_params, model_count_nonzero(&teacher),
+                loss_name(teacher_loss), r.llc_mean, r.llc_std, r.init_loss, r.n_diverged, teacher_path);
+        llc_result_free(&r);
+
+        for (k = 0; k < n_shrinks && !g_interrupted; k++) {
+            char student_path[4096];
+            Model student;
+            DistillResult dr;
+            Rng rng;
+            ds.shrink = shrinks[k];
+            snprintf(student_path, sizeof student_path, "%s/%s_n%d_shrink%g.llcw", out_dir, programs[i],
+                     max_seq_len, shrinks[k]);
+            progress("%s: distilling the student of shrink %g", programs[i], shrinks[k]);
+            rng_seed(&rng, ds.seed);
+            student_init(&student, &teacher, shrinks[k], teacher_path, &rng);
+            if (distill(&teacher, &student, &ds, &dr) != 0 || dr.interrupted) {
+                model_free(&student);
+                status = dr.interrupted ? 130 : 1;
+                break;
+            }
+            model_set_meta(&student, "loss", loss_name(dr.loss));
+            if (model_save(&student, student_path) != 0) return 1;
+
+            progress("%s: student LLC (%s loss against the teacher)", programs[i], loss_name(dr.loss));
+            estimate_on_random_inputs(&student, &teacher, dr.loss, &s, n_samples, &r);
+            row->llc_mean[1 + k] = r.llc_mean;
+            row->llc_std[1 + k] = r.llc_std;
+            row->distill_loss[1 + k] = dr.eval_loss;
+            row->restored[1 + k] = dr.restored;
+            row->trace[1 + k] = xmalloc((size_t)s.draws * sizeof(double), "a trace");
+            mean_trace(&r, row->trace[1 + k]);
+            fprintf(af.f, "%s,%d,student,%g,%d,%d,%zu,%zu,%s,%.9g,%.9g,%.9g,%d,%s,%.9g,%.6f,%s,%s\n", programs[i],
+                    max_seq_len, shrinks[k], student.cfg.d_model, student.cfg.d_mlp, student.n_params,
+                    model_count_nonzero(&student), loss_name(dr.loss), r.llc_mean, r.llc_std, r.init_loss,
+                    r.n_diverged, loss_name(dr.loss), dr.eval_loss, dr.agreement, dr.restored ? "true" : "false",
+                    student_path);
+            llc_result_free(&r);
+            model_free(&student);
+        }
+        model_free(&teacher);
+        if (status) break;
+    }
+    if (g_interrupted) status = 130;
+    if (atomic_commit(&af) != 0) return 1;
+
+    /* Markdown table shaped like the study's: one row per program. */
+    snprintf(path, sizeof path, "%s/distill.md", out_dir);
+    if (atomic_open(&af, path) != 0) return 1;
+    fprintf(af.f, "| program | Teacher |");
+    for (k = 0; k < n_shrinks; k++) fprintf(af.f, " %g %% shrunk |", 100 * shrinks[k]);
+    fprintf(af.f, "\n|---|---|");
+    for (k = 0; k < n_shrinks; k++) fprintf(af.f, "---|");
+    fprintf(af.f, "\n");
+    for (i = 0; i < n_programs && rows[i].trace[0]; i++) {
+        fprintf(af.f, "| %s | %.3g ± %.2g |", rows[i].program, rows[i].llc_mean[0], rows[i].llc_std[0]);
+        for (k = 0; k < n_shrinks; k++) {
+            if (rows[i].trace[1 + k])
+                fprintf(af.f, " %.3g ± %.2g %s |", rows[i].llc_mean[1 + k], rows[i].llc_std[1 + k],
+                        rows[i].restored[1 + k] ? "(restored)" : "(not restored)");
+            else
+                fprintf(af.f, " |");
+        }
+        fprintf(af.f, "\n");
+    }
+    fprintf(af.f, "\nLLC mean ± std over %d chains (%d draws, lr %g, batch %d). \"restored\": the student agrees "
+                  "with the teacher on at least %g %% of held-out positions.\n",
+            s.chains, s.draws, s.lr, s.batch, 100 * ds.restored_at);
+    if (atomic_commit(&af) != 0) return 1;
+
+    /* Plots: traces per program, then LLC and distillation loss against shrink. */
+    {
+        double *draw_x = xmalloc((size_t)s.draws * sizeof(double), "draw numbers");
+        PlotSeries series[MAX_SHRINKS + 1], by_shrink[18];
+        char labels[MAX_SHRINKS + 1][48], title[128];
+        double *llc_all = xcalloc((size_t)n_programs * n_shrinks, sizeof(double), "series");
+        double *loss_all = xcalloc((size_t)n_programs * n_shrinks, sizeof(double), "series");
+        double *teacher_line = xcalloc((size_t)n_programs * n_shrinks, sizeof(double), "series");
+        LinePlot plot;
+        int n_done = 0;
+        for (k = 0; k < s.draws; k++) draw_x[k] = k;
+        for (i = 0; i < n_programs && rows[i].trace[0]; i++) {
+            int n_series = 0;
+            for (k = 0; k <= n_shrinks; k++) {
+                if (!rows[i].trace[k]) continue;
+                if (k == 0) snprintf(labels[k], sizeof labels[k], "teacher");
+                else snprintf(labels[k], sizeof labels[k], "student, %g %% shrunk", 100 * shrinks[k - 1]);
+                memset(&series[n_series], 0, sizeof series[0]);
+                series[n_series].label = labels[k];
+                series[n_series].x = draw_x;
+                series[n_series].y = rows[i].trace[k];
+                series[n_series].n = s.draws;
+                series[n_series].color = k;
+                n_series++;
+            }
+            memset(&plot, 0, sizeof plot);
+            snprintf(title, sizeof title, "SGLD loss traces: %s, max_seq_len %d", rows[i].program, max_seq_len);
+            plot.title = title;
+            plot.x_label = "draw";
+            plot.y_label = "mean over chains of loss - init_loss";
+            plot.series = series;
+            plot.n_series = n_series;
+            snprintf(path, sizeof path, "%s/traces_%s.svg", out_dir, rows[i].program);
+            if (write_line_plot(path, &plot) != 0) status = 1;
+            n_done++;
+        }
+        for (i = 0; i < n_done; i++) {
+            for (k = 0; k < n_shrinks; k++) {
+                llc_all[i * n_shrinks + k] = rows[i].trace[1 + k] ? rows[i].llc_mean[1 + k] : NAN;
+                loss_all[i * n_shrinks + k] = rows[i].trace[1 + k] ? rows[i].distill_loss[1 + k] : NAN;
+                teacher_line[i * n_shrinks + k] = rows[i].llc_mean[0];
+            }
+        }
+        memset(by_shrink, 0, sizeof by_shrink);
+        for (i = 0; i < n_done; i++) {
+            by_shrink[2 * i].label = rows[i].program;
+            by_shrink[2 * i].x = shrinks;
+            by_shrink[2 * i].y = llc_all + i * n_shrinks;
+            by_shrink[2 * i].n = n_shrinks;
+            by_shrink[2 * i].color = i;
+            by_shrink[2 * i + 1].label = NULL;
+            by_shrink[2 * i + 1].x = shrinks;
+            by_shrink[2 * i + 1].y = teacher_line + i * n_shrinks;
+            by_shrink[2 * i + 1].n = n_shrinks;
+            by_shrink[2 * i + 1].color = i;
+            by_shrink[2 * i + 1].dashed = 1;
+        }
+        memset(&plot, 0, sizeof plot);
+        plot.title = "LLC of distilled students";
+        plot.x_label = "shrink fraction of d_model and d_mlp";
+        plot.y_label = "llc_mean";
+        plot.series = by_shrink;
+        plot.n_series = 2 * n_done;
+        plot.note = "solid: students; dashed: the teacher's LLC";
+        snprintf(path, sizeof path, "%s/llc_vs_shrink.svg", out_dir);
+        if (write_line_plot(path, &plot) != 0) status = 1;
+        for (i = 0; i < n_done; i++) {
+            by_shrink[i] = by_shrink[2 * i];
+            by_shrink[i].y = loss_all + i * n_shrinks;
+        }
+        plot.title = "Distillation loss of the students";
+        plot.y_label = "held-out KL(teacher || student) (mse for numerical outputs)";
+        plot.n_series = n_done;
+        plot.log_y = 1;
+        plot.note = NULL;
+        snprintf(path, sizeof path, "%s/kl_vs_shrink.svg", out_dir);
+        if (write_line_plot(path, &plot) != 0) status = 1;
+        free(draw_x);
+        free(llc_all);
+        free(loss_all);
+        free(teacher_line);
+    }
+    for (i = 0; i < n_programs; i++)
+        for (k = 0; k <= n_shrinks; k++) free(rows[i].trace[k]);
+    printf("wrote %s/distill.csv, %s/distill.md and plots in %s\n", out_dir, out_dir, out_dir);
+    return status;
+}
+
 /* main -------------------------------------------------------------------- */
 
 typedef struct {
@@ -2947,6 +4005,8 @@ static const CommandEntry commands[] = {
     {"run", cmd_run, "run a model on one input and print its outputs"},
     {"estimate", cmd_estimate, "estimate the LLC with SGLD"},
     {"diff", cmd_diff, "compare two models tensor by tensor"},
+    {"distill", cmd_distill, "distill a teacher into a smaller student"},
+    {"study-distill", cmd_study_distill, "teacher and student LLCs for several programs and shrinks"},
 };
 
 static void print_usage(FILE *f) {

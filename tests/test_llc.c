@@ -371,6 +371,45 @@ static void test_gradient_tracr_models(void) {
     }
 }
 
+/* A freshly initialised student of a Tracr model: every tensor trainable,
+ * learned embeddings and unembedding included. */
+static void test_gradient_student(void) {
+    Model teacher, student;
+    Dataset d;
+    Rng rng;
+    int loss;
+    if (!g_model_dir) {
+        skip("no reference models (../shared/tracr_reference is absent)");
+        return;
+    }
+    if (load_reference(&teacher, "sort_n4") != 0) {
+        fail("cannot load reference model sort_n4");
+        return;
+    }
+    rng_seed(&rng, 5);
+    student_init(&student, &teacher, 0.5, "sort_n4.llcw", &rng);
+    CHECK(student.n_fixed == 0, "the student has %zu fixed values", student.n_fixed);
+    dataset_alloc(&d, 4, &teacher.cfg);
+    dataset_fill_random(&d, &teacher.cfg, 0, 1, &rng);
+    dataset_label(&d, &teacher, 4);
+    for (loss = LOSS_CE; loss <= LOSS_KL; loss++) {
+        char worst[256] = "";
+        double e = gradient_error(&student, &d, (LossKind)loss, 12, 77, worst, sizeof worst);
+        CHECK(e <= 1, "loss %s: error %.3g times the tolerance at %s", loss_name((LossKind)loss), e, worst);
+    }
+    dataset_free(&d);
+    model_free(&student);
+    model_free(&teacher);
+}
+
+static void test_student_shapes(void) {
+    CHECK(shrink_dim(50, 0.48) == 26, "50 shrunk by 0.48 is %d, expected 26", shrink_dim(50, 0.48));
+    CHECK(shrink_dim(25, 0.48) == 13, "25 shrunk by 0.48 is %d, expected 13", shrink_dim(25, 0.48));
+    CHECK(shrink_dim(50, 0.95) == 3, "50 shrunk by 0.95 is %d, expected 3", shrink_dim(50, 0.95));
+    CHECK(shrink_dim(1, 0.95) == 1, "1 shrunk by 0.95 is %d, expected 1", shrink_dim(1, 0.95));
+    CHECK(shrink_dim(19, 0) == 19, "19 shrunk by 0 is %d", shrink_dim(19, 0));
+}
+
 /* ------------------------------------------------------------------------ */
 /* Losses                                                                    */
 
@@ -837,6 +876,8 @@ int main(int argc, char **argv) {
     run_test("weight file round trip", test_weight_file_round_trip);
     run_test("gradient random models", test_gradient_random_models);
     run_test("gradient tracr models", test_gradient_tracr_models);
+    run_test("gradient distilled student", test_gradient_student);
+    run_test("student shapes", test_student_shapes);
     run_test("loss values", test_loss_values);
     run_test("adam two steps", test_adam_two_steps);
     run_test("default nbeta", test_default_nbeta);
