@@ -2389,6 +2389,261 @@ static int distill(const Model *teacher, Model *student, const DistillSettings *
 }
 
 /* ---------------------------------------------------------------------------
+ * PCA of minibatch gradients and the loss landscape. K minibatch gradients
+ * at w* form the rows of G [K, P]; after centring, the principal directions
+ * are the top eigenvectors of the covariance G^T G / (K - 1). Its non-zero
+ * eigenvalues are those of the K x K Gram matrix G G^T / (K - 1), and an
+ * eigenvector u of the Gram matrix gives the direction G^T u, so power
+ * iteration runs on the K x K matrix and the P x P covariance is never
+ * formed.
+ * ------------------------------------------------------------------------- */
+
+/* Top two eigenpairs of the symmetric k x k matrix M by power iteration
+ * with deflation: the second pair is found on M - value[0] vec0 vec0^T.
+ * vecs holds vec0 then vec1 (unit length). Returns the iterations used. */
+static int power_iteration_top2(const double *M, int k, uint64_t seed, double *values, double *vecs) {
+    double *v = xmalloc((size_t)k * sizeof(double), "a vector"), *w = xmalloc((size_t)k * sizeof(double), "a vector");
+    int which, i, j, it, total = 0;
+    Rng rng;
+    rng_seed(&rng, seed);
+    for (which = 0; which < 2; which++) {
+        double *out = vecs + (size_t)which * k, norm = 0.0, value = 0.0;
+        for (i = 0; i < k; i++) v[i] = rng_normal(&rng);
+        for (it = 0; it < 100000; it++) {
+            double change = 0.0, dot;
+
+            /* w = (M - deflation) v, kept orthogonal to the first vector */
+            for (i = 0; i < k; i++) {
+                w[i] = 0.0;
+                for (j = 0; j < k; j++) w[i] += M[(size_t)i * k + j] * v[j];
+            }
+            for (j = 0; j < which; j++) {
+                const double *prev = vecs + (size_t)j * k;
+                dot = 0.0;
+                for (i = 0; i < k; i++) dot += prev[i] * w[i];
+                for (i = 0; i < k; i++) w[i] -= dot * prev[i];
+            }
+
+            /* Rayleigh quotient and normalisation */
+            value = 0.0;
+            norm = 0.0;
+            for (i = 0; i < k; i++) value += v[i] * w[i], norm += w[i] * w[i];
+            norm = sqrt(norm);
+            if (norm == 0.0) break;   /* M is zero on what is left */
+            for (i = 0; i < k; i++) {
+                double next = w[i] / norm;
+                change += (next - v[i]) * (next - v[i]);
+                v[i] = next;
+            }
+            if (change < 1e-26) break;
+        }
+        total += it;
+        values[which] = norm == 0.0 ? 0.0 : value;
+        memcpy(out, v, (size_t)k * sizeof(double));
+    }
+    free(v);
+    free(w);
+    return total;
+}
+
+typedef struct {
+    const LlcProblem *p;
+    const LandscapeSettings *s;
+    Landscape *l;
+    const int *order;      /* sample ids for the grid loss: all of them */
+    int next_point;
+    int n_threads;
+#if LLC_THREADS
+    pthread_mutex_t lock;
+#endif
+    double t_start, t_report;
+    int done;
+} GridJob;
+
+/* Mean loss over every sample at the chain's current weights, in batches. */
+static double full_loss(const LlcProblem *p, void *chain, const int *order, int batch) {
+    double sum = 0.0;
+    int i;
+    for (i = 0; i < p->n_samples; i += batch) {
+        int n = p->n_samples - i < batch ? p->n_samples - i : batch;
+        sum += p->loss_grad(chain, order + i, n, NULL) * n;
+    }
+    return sum / p->n_samples;
+}
+
+static void *grid_worker(void *arg) {
+    GridJob *job = arg;
+    const LlcProblem *p = job->p;
+    Landscape *l = job->l;
+    int N = l->grid;
+    real *w = xmalloc(p->n_params * sizeof(real), "grid weights");
+    void *chain = p->chain_new(p, w);
+    for (;;) {
+        int point, i, j;
+        size_t k;
+#if LLC_THREADS
+        pthread_mutex_lock(&job->lock);
+#endif
+        point = g_interrupted ? N * N : job->next_point++;
+        if (point < N * N && now_seconds() - job->t_report >= 2.0) {
+            job->t_report = now_seconds();
+            progress("%d/%d grid points, %.0f s", job->done, N * N, job->t_report - job->t_start);
+        }
+#if LLC_THREADS
+        pthread_mutex_unlock(&job->lock);
+#endif
+        if (point >= N * N) break;
+        i = point / N;
+        j = point % N;
+        for (k = 0; k < p->n_params; k++)
+            w[k] = (real)(p->w_star[k] + l->step_unit * (l->a[j] * l->d1[k] + l->b[i] * l->d2[k]));
+        l->loss[point] = full_loss(p, chain, job->order, job->s->batch);
+#if LLC_THREADS
+        pthread_mutex_lock(&job->lock);
+#endif
+        job->done++;
+#if LLC_THREADS
+        pthread_mutex_unlock(&job->lock);
+#endif
+    }
+    p->chain_free(chain);
+    free(w);
+    return NULL;
+}
+
+int landscape_compute(const LlcProblem *p, const LandscapeSettings *s, Landscape *l) {
+    size_t P = p->n_params, k;
+    int K = s->batches, N = s->grid, i, j, n_threads;
+    int *order = xmalloc((size_t)p->n_samples * sizeof(int), "the sample order");
+    real *G = xmalloc((size_t)K * P * sizeof(real), "the gradients");
+    double *gram = xcalloc((size_t)K * K, sizeof(double), "the Gram matrix");
+    double *mean = xcalloc(P, sizeof(double), "the mean gradient");
+    double values[2], *u = xmalloc((size_t)2 * K * sizeof(double), "eigenvectors"), trace = 0.0, dot = 0.0;
+    real *w = xmalloc(P * sizeof(real), "a copy of w*"), *grad = xmalloc(P * sizeof(real), "a gradient");
+    void *chain;
+    GridJob job;
+    Rng rng;
+
+    memset(l, 0, sizeof *l);
+    if (K < 2 || N < 2 || !(s->span > 0) || s->batch < 1 || (long)K * s->batch > p->n_samples) return -1;
+    l->seconds = now_seconds();
+    l->grid = N;
+
+    /* K minibatch gradients at w*, from a seeded permutation of the samples */
+    rng_seed(&rng, s->seed);
+    for (i = 0; i < p->n_samples; i++) order[i] = i;
+    if (s->shuffle) rng_shuffle(&rng, order, p->n_samples);
+    memcpy(w, p->w_star, P * sizeof(real));
+    chain = p->chain_new(p, w);
+    for (i = 0; i < K; i++) {
+        p->loss_grad(chain, order + (size_t)i * s->batch, s->batch, grad);
+        memcpy(G + (size_t)i * P, grad, P * sizeof(real));
+    }
+
+    /* centre, then the Gram matrix G G^T / (K - 1) and its top eigenpairs */
+    for (i = 0; i < K; i++)
+        for (k = 0; k < P; k++) mean[k] += (double)G[(size_t)i * P + k] / K;
+    for (i = 0; i < K; i++)
+        for (k = 0; k < P; k++) G[(size_t)i * P + k] = (real)(G[(size_t)i * P + k] - mean[k]);
+    for (i = 0; i < K; i++)
+        for (j = 0; j <= i; j++) {
+            double sum = 0.0;
+            for (k = 0; k < P; k++) sum += (double)G[(size_t)i * P + k] * G[(size_t)j * P + k];
+            gram[(size_t)i * K + j] = gram[(size_t)j * K + i] = sum / (K - 1);
+        }
+    for (i = 0; i < K; i++) trace += gram[(size_t)i * K + i];
+    power_iteration_top2(gram, K, s->seed + 1, values, u);
+
+    /* directions d = G^T u / ||G^T u|| */
+    l->d1 = xcalloc(P, sizeof(real), "a direction");
+    l->d2 = xcalloc(P, sizeof(real), "a direction");
+    for (j = 0; j < 2; j++) {
+        real *d = j == 0 ? l->d1 : l->d2;
+        double norm = 0.0;
+        for (k = 0; k < P; k++) {
+            double sum = 0.0;
+            for (i = 0; i < K; i++) sum += (double)G[(size_t)i * P + k] * u[(size_t)j * K + i];
+            d[k] = (real)sum;
+            norm += sum * sum;
+        }
+        norm = sqrt(norm);
+        for (k = 0; k < P && norm > 0; k++) d[k] = (real)(d[k] / norm);
+        l->eigenvalue[j] = values[j];
+        l->variance_share[j] = trace > 0 ? values[j] / trace : 0.0;
+    }
+    for (k = 0; k < P; k++) dot += (double)l->d1[k] * l->d2[k];
+    l->angle_degrees = acos(fmax(-1.0, fmin(1.0, dot))) * 180.0 / LLC_PI;
+
+    /* grid coordinates, with an exact 0 at the centre of an odd grid */
+    for (k = 0; k < P; k++) l->w_norm += (double)p->w_star[k] * p->w_star[k];
+    l->w_norm = sqrt(l->w_norm);
+    l->step_unit = s->scale_by_norm ? l->w_norm : 1.0;
+    l->a = xmalloc((size_t)N * sizeof(double), "grid coordinates");
+    l->b = xmalloc((size_t)N * sizeof(double), "grid coordinates");
+    for (i = 0; i < N; i++) {
+        l->a[i] = 2 * i == N - 1 ? 0.0 : -s->span + 2.0 * s->span * i / (N - 1);
+        l->b[i] = l->a[i];
+    }
+    for (i = 0; i < p->n_samples; i++) order[i] = i;
+    l->centre_loss = full_loss(p, chain, order, s->batch);
+    p->chain_free(chain);
+
+    /* the loss at every grid point, spread over threads */
+    l->loss = xmalloc((size_t)N * N * sizeof(double), "the grid");
+    memset(&job, 0, sizeof job);
+    job.p = p;
+    job.s = s;
+    job.l = l;
+    job.order = order;
+    job.t_start = job.t_report = now_seconds();
+    n_threads = s->threads > 0 ? s->threads : cpu_count();
+#if LLC_THREADS
+    pthread_mutex_init(&job.lock, NULL);
+    if (n_threads > 1) {
+        pthread_t *tid = xmalloc((size_t)n_threads * sizeof(pthread_t), "threads");
+        int started = 0;
+        for (i = 0; i < n_threads; i++)
+            if (pthread_create(&tid[i], NULL, grid_worker, &job) == 0) started++;
+            else break;
+        if (started == 0) grid_worker(&job);
+        for (i = 0; i < started; i++) pthread_join(tid[i], NULL);
+        free(tid);
+    } else {
+        grid_worker(&job);
+    }
+    pthread_mutex_destroy(&job.lock);
+#else
+    (void)n_threads;
+    grid_worker(&job);
+#endif
+    l->min_loss = INFINITY;
+    l->max_loss = -INFINITY;
+    for (i = 0; i < N * N; i++) {
+        if (isfinite(l->loss[i]) && l->loss[i] < l->min_loss) l->min_loss = l->loss[i];
+        if (isfinite(l->loss[i]) && l->loss[i] > l->max_loss) l->max_loss = l->loss[i];
+    }
+    l->seconds = now_seconds() - l->seconds;
+
+    free(order);
+    free(G);
+    free(gram);
+    free(mean);
+    free(u);
+    free(w);
+    free(grad);
+    return g_interrupted ? 1 : 0;
+}
+
+void landscape_free(Landscape *l) {
+    free(l->a);
+    free(l->b);
+    free(l->loss);
+    free(l->d1);
+    free(l->d2);
+    memset(l, 0, sizeof *l);
+}
+
+/* ---------------------------------------------------------------------------
  * Plots: SVG line charts with labelled axes, an optional right axis and a
  * legend. Coordinates are in SVG user units (pixels).
  * ------------------------------------------------------------------------- */
@@ -2643,6 +2898,185 @@ static int write_line_plot(const char *path, const LinePlot *p) {
     if (atomic_open(&af, path) != 0) return -1;
     svg_line_plot(af.f, p);
     return atomic_commit(&af);
+}
+
+/* Heat maps of loss landscapes: one panel per landscape on a shared colour
+ * scale (viridis), with contour lines, a colour bar and the centre w*
+ * marked. */
+
+/* Viridis at nine evenly spaced points (the colormap of matplotlib). */
+static const unsigned char viridis[9][3] = {{68, 1, 84},   {71, 45, 123},  {59, 82, 139},
+                                             {44, 114, 142}, {33, 145, 140}, {40, 174, 128},
+                                             {94, 201, 98},  {173, 220, 48}, {253, 231, 37}};
+
+static void viridis_color(double t, char *out) {
+    double x = (t < 0 ? 0 : t > 1 ? 1 : t) * 8;
+    int i = x >= 8 ? 7 : (int)x, c;
+    double frac = x - i;
+    int rgb[3];
+    for (c = 0; c < 3; c++) rgb[c] = (int)(viridis[i][c] + frac * (viridis[i + 1][c] - viridis[i][c]) + 0.5);
+    sprintf(out, "#%02x%02x%02x", rgb[0], rgb[1], rgb[2]);
+}
+
+typedef struct {
+    int log_color;
+    double offset;    /* with log_color: colour value = log10(loss - offset) */
+    double lo, hi;    /* colour values mapped to the ends of the scale */
+} ColorScale;
+
+static double color_value(const ColorScale *cs, double loss) {
+    return cs->log_color ? log10(fmax(loss - cs->offset, 1e-300)) : loss;
+}
+
+/* Adds the contour segments at `level` of one grid cell (corner values
+ * v[0] at (x0, y0), v[1] at (x1, y0), v[2] at (x1, y1), v[3] at (x0, y1)). */
+static void contour_cell(FILE *f, const double v[4], double x0, double y0, double x1, double y1, double level) {
+    double px[4], py[4], cx[4] = {x0, x1, x1, x0}, cy[4] = {y0, y0, y1, y1};
+    int n = 0, e;
+    for (e = 0; e < 4; e++) {
+        double a = v[e], b = v[(e + 1) % 4];
+        if ((a < level) != (b < level) && isfinite(a) && isfinite(b)) {
+            double t = (level - a) / (b - a);
+            px[n] = cx[e] + t * (cx[(e + 1) % 4] - cx[e]);
+            py[n] = cy[e] + t * (cy[(e + 1) % 4] - cy[e]);
+            n++;
+        }
+    }
+    if (n >= 2) fprintf(f, "M%.1f %.1fL%.1f %.1f", px[0], py[0], px[1], py[1]);
+    if (n == 4) fprintf(f, "M%.1f %.1fL%.1f %.1f", px[2], py[2], px[3], py[3]);
+}
+
+static void svg_landscape_panel(FILE *f, const Landscape *l, const char *title, const ColorScale *cs, double ox,
+                                double oy, double size, const char *unit) {
+    int N = l->grid, i, j, k;
+    double span = l->a[N - 1], cell = size / (N - 1), ticks[40];
+    int n_ticks;
+    char color[8], label[96];
+    Axis ax, ay;
+    ax.log_scale = ay.log_scale = 0;
+    ax.lo = ay.lo = -span - span / (N - 1);
+    ax.hi = ay.hi = span + span / (N - 1);
+    ax.px0 = ox, ax.px1 = ox + size + cell;
+    ay.px0 = oy + size + cell, ay.px1 = oy;
+
+    /* cells: each grid point colours the square around it */
+    for (i = 0; i < N; i++)
+        for (j = 0; j < N; j++) {
+            double v = l->loss[(size_t)i * N + j];
+            if (!isfinite(v)) strcpy(color, "#ff00ff");
+            else viridis_color((color_value(cs, v) - cs->lo) / (cs->hi - cs->lo), color);
+            fprintf(f, "<rect x=\"%.2f\" y=\"%.2f\" width=\"%.2f\" height=\"%.2f\" fill=\"%s\"/>\n",
+                    axis_pos(&ax, l->a[j]) - cell / 2, axis_pos(&ay, l->b[i]) - cell / 2, cell + 0.3, cell + 0.3, color);
+        }
+
+    /* contour lines at eight levels of the colour scale */
+    fprintf(f, "<path fill=\"none\" stroke=\"white\" stroke-opacity=\"0.7\" stroke-width=\"0.8\" d=\"");
+    for (k = 1; k <= 8; k++) {
+        double level = cs->lo + (cs->hi - cs->lo) * k / 9.0;
+        for (i = 0; i + 1 < N; i++)
+            for (j = 0; j + 1 < N; j++) {
+                double v[4];
+                v[0] = color_value(cs, l->loss[(size_t)i * N + j]);
+                v[1] = color_value(cs, l->loss[(size_t)i * N + j + 1]);
+                v[2] = color_value(cs, l->loss[(size_t)(i + 1) * N + j + 1]);
+                v[3] = color_value(cs, l->loss[(size_t)(i + 1) * N + j]);
+                contour_cell(f, v, axis_pos(&ax, l->a[j]), axis_pos(&ay, l->b[i]), axis_pos(&ax, l->a[j + 1]),
+                             axis_pos(&ay, l->b[i + 1]), level);
+            }
+    }
+    fprintf(f, "\"/>\n");
+
+    /* frame, ticks, labels and the centre */
+    fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"black\"/>\n", ox, oy,
+            size + cell, size + cell);
+    n_ticks = nice_ticks(-span, span, 5, ticks);
+    for (k = 0; k < n_ticks; k++) {
+        char text[32];
+        format_tick(text, sizeof text, ticks[k]);
+        fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"black\"/>\n", axis_pos(&ax, ticks[k]),
+                oy + size + cell, axis_pos(&ax, ticks[k]), oy + size + cell + 5);
+        svg_text(f, axis_pos(&ax, ticks[k]), oy + size + cell + 18, "middle", 11, NULL, text);
+        fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"black\"/>\n", ox - 5,
+                axis_pos(&ay, ticks[k]), ox, axis_pos(&ay, ticks[k]));
+        svg_text(f, ox - 8, axis_pos(&ay, ticks[k]) + 4, "end", 11, NULL, text);
+    }
+    snprintf(label, sizeof label, "PC1 (%.1f %%)%s", 100 * l->variance_share[0], unit);
+    svg_text(f, ox + (size + cell) / 2, oy + size + cell + 40, "middle", 13, NULL, label);
+    snprintf(label, sizeof label, "PC2 (%.1f %%)%s", 100 * l->variance_share[1], unit);
+    {
+        char rotate[96];
+        snprintf(rotate, sizeof rotate, "transform=\"rotate(-90 %.1f %.1f)\"", ox - 48, oy + (size + cell) / 2);
+        svg_text(f, ox - 48, oy + (size + cell) / 2, "middle", 13, rotate, label);
+    }
+    svg_text(f, ox + (size + cell) / 2, oy - 10, "middle", 13, "font-weight=\"bold\"", title);
+    fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"4\" fill=\"white\" stroke=\"black\" stroke-width=\"1.5\"/>\n",
+            axis_pos(&ax, 0), axis_pos(&ay, 0));
+    svg_text(f, axis_pos(&ax, 0) + 7, axis_pos(&ay, 0) - 6, "start", 12, "fill=\"white\"", "w*");
+}
+
+/* Writes landscapes side by side on one colour scale, with a colour bar. */
+static void svg_landscapes(FILE *f, const Landscape *const *ls, const char *const *titles, int n, int log_color,
+                           const char *loss_label, const char *unit) {
+    const double size = 340, left = 80, top = 50, gap = 110, bar_width = 18;
+    double width = left + n * (size + gap) + 60, height = top + size + 90, ticks[40];
+    double lo = INFINITY, hi = -INFINITY, min_loss = INFINITY, max_loss = -INFINITY, bar_x;
+    int i, k, n_ticks;
+    ColorScale cs;
+    char label[160];
+
+    for (i = 0; i < n; i++) {
+        if (ls[i]->min_loss < min_loss) min_loss = ls[i]->min_loss;
+        if (ls[i]->max_loss > max_loss) max_loss = ls[i]->max_loss;
+    }
+    cs.log_color = log_color;
+    /* the offset keeps log10(loss - offset) finite at the minimum */
+    cs.offset = min_loss - 1e-6 * fmax(max_loss - min_loss, 1e-12) - 1e-12;
+    if (log_color && min_loss > 0) cs.offset = 0;
+    for (i = 0; i < n; i++) {
+        lo = fmin(lo, color_value(&cs, ls[i]->min_loss));
+        hi = fmax(hi, color_value(&cs, ls[i]->max_loss));
+    }
+    if (!(hi > lo)) hi = lo + 1;
+    cs.lo = lo;
+    cs.hi = hi;
+
+    fprintf(f, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" viewBox=\"0 0 %.0f %.0f\" "
+               "font-family=\"sans-serif\">\n", width, height, width, height);
+    fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
+    for (i = 0; i < n; i++) svg_landscape_panel(f, ls[i], titles[i], &cs, left + i * (size + gap), top, size, unit);
+
+    /* colour bar */
+    bar_x = left + n * (size + gap) - gap + 40;
+    for (k = 0; k < 100; k++) {
+        char color[8];
+        viridis_color((k + 0.5) / 100, color);
+        fprintf(f, "<rect x=\"%.1f\" y=\"%.2f\" width=\"%.1f\" height=\"%.2f\" fill=\"%s\"/>\n", bar_x,
+                top + size - (k + 1) * size / 100, bar_width, size / 100 + 0.3, color);
+    }
+    fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"black\"/>\n", bar_x,
+            top, bar_width, size);
+    n_ticks = nice_ticks(lo, hi, 6, ticks);
+    for (k = 0; k < n_ticks; k++) {
+        char text[32];
+        double y = top + size - (ticks[k] - lo) / (hi - lo) * size;
+        format_tick(text, sizeof text, ticks[k]);
+        fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"black\"/>\n", bar_x + bar_width, y,
+                bar_x + bar_width + 4, y);
+        svg_text(f, bar_x + bar_width + 7, y + 4, "start", 11, NULL, text);
+    }
+    if (log_color && cs.offset != 0)
+        snprintf(label, sizeof label, "log10(%s - %.6g)", loss_label, cs.offset);
+    else if (log_color)
+        snprintf(label, sizeof label, "log10(%s)", loss_label);
+    else
+        snprintf(label, sizeof label, "%s", loss_label);
+    {
+        char rotate[96];
+        snprintf(rotate, sizeof rotate, "transform=\"rotate(90 %.1f %.1f)\"", bar_x + bar_width + 50, top + size / 2);
+        svg_text(f, bar_x + bar_width + 50, top + size / 2, "middle", 13, rotate, label);
+    }
+    fprintf(f, "</svg>\n");
 }
 
 /* ---------------------------------------------------------------------------
@@ -3631,7 +4065,7 @@ static int make_dir(const char *path) {
 /* The folder of shipped models and compile.py: --weights, else
  * tracr_weights beside the llc executable, else ./tracr_weights. */
 static const char *weights_dir(const char *given) {
-    static char found[4096];
+    static char found[4200];
     char exe[4096];
     ssize_t n;
     if (given) return given;
@@ -3930,13 +4364,13 @@ static int cmd_study_distill(int argc, char **argv) {
                 n_series++;
             }
             memset(&plot, 0, sizeof plot);
-            snprintf(title, sizeof title, "SGLD loss traces: %s, max_seq_len %d", rows[i].program, max_seq_len);
+            snprintf(title, sizeof title, "SGLD loss traces: %.31s, max_seq_len %d", rows[i].program, max_seq_len);
             plot.title = title;
             plot.x_label = "draw";
             plot.y_label = "mean over chains of loss - init_loss";
             plot.series = series;
             plot.n_series = n_series;
-            snprintf(path, sizeof path, "%s/traces_%s.svg", out_dir, rows[i].program);
+            snprintf(path, sizeof path, "%.4000s/traces_%.31s.svg", out_dir, rows[i].program);
             if (write_line_plot(path, &plot) != 0) status = 1;
             n_done++;
         }
@@ -3992,6 +4426,183 @@ static int cmd_study_distill(int argc, char **argv) {
     return status;
 }
 
+/* llc landscape ----------------------------------------------------------- */
+
+enum { MAX_LANDSCAPES = 8 };
+
+static int cmd_landscape(int argc, char **argv) {
+    static const Command cmd = {
+        "landscape", "MODEL... [options]",
+        "Loss landscape around the weights w* along the top two principal components of minibatch\n"
+        "gradients: K gradients at w* are centred, their top two principal directions are found by\n"
+        "power iteration, and the loss is evaluated on an N x N grid w* + a d1 + b d2, a and b in\n"
+        "[-span, span]. Several models (a teacher and its students) share one colour scale.",
+        1, MAX_LANDSCAPES,
+        "The loss is chosen per model as in llc estimate (--loss auto): ce for a categorical\n"
+        "teacher, kl against the teacher for a student, mse for numerical outputs. --loss kl\n"
+        "puts teachers and students on the same loss. The default span is 1 parameter unit,\n"
+        "or 0.1 with --scale norm (a and b in units of ||w*||).\n"};
+    LandscapeSettings ls;
+    double span = NAN;
+    int n_samples = 512, quiet = 0, log_color = 0, n_models, i, j, status = 0;
+    const char *scale = "raw", *loss_arg = "auto", *teacher_arg = NULL, *csv_path = NULL, *json_path = NULL,
+               *svg_path = NULL;
+    Option opts[] = {
+        {"--batches", OPT_INT, &ls.batches, 2, 1e5, 0, "K", "minibatch gradients for the PCA", NULL},
+        {"--batch", OPT_INT, &ls.batch, 1, 1e6, 0, "N", "sequences per minibatch", NULL},
+        {"--samples", OPT_INT, &n_samples, 1, 1e8, 0, "N", "random input sequences (at least K * batch)", NULL},
+        {"--grid", OPT_INT, &ls.grid, 2, 1001, 0, "N", "grid points per axis", NULL},
+        {"--span", OPT_REAL, &span, 0, INFINITY, 1, "R", "the grid covers [-R, R] on both axes", NULL},
+        {"--scale", OPT_STRING, &scale, 0, 0, 0, "raw|norm", "units of a and b: parameters, or ||w*||", "raw|norm"},
+        {"--loss", OPT_STRING, &loss_arg, 0, 0, 0, "NAME", "loss: auto, ce, mse or kl", "auto|ce|mse|kl"},
+        {"--teacher", OPT_STRING, &teacher_arg, 0, 0, 0, "FILE", "reference model for every MODEL", NULL},
+        {"--seed", OPT_U64, &ls.seed, 0, 0, 0, "N", "seed of the inputs and the gradient batches", NULL},
+        {"--threads", OPT_INT, &ls.threads, 0, 4096, 0, "N", "worker threads, 0 = one per core", NULL},
+        {"--csv", OPT_STRING, &csv_path, 0, 0, 0, "FILE", "write rows a,b,loss (model,a,b,loss for several)", NULL},
+        {"--json", OPT_STRING, &json_path, 0, 0, 0, "FILE", "write the grids and directions' shares as JSON", NULL},
+        {"--svg", OPT_STRING, &svg_path, 0, 0, 0, "FILE", "draw the heat maps", NULL},
+        {"--log-color", OPT_FLAG, &log_color, 0, 0, 0, NULL, "logarithmic colour scale, for sharp landscapes", NULL},
+        {"--quiet", OPT_FLAG, &quiet, 0, 0, 0, NULL, "no progress messages", NULL},
+        {NULL, OPT_FLAG, NULL, 0, 0, 0, NULL, NULL, NULL}};
+    char *paths[MAX_LANDSCAPES];
+    Landscape lands[MAX_LANDSCAPES];
+    const Landscape *land_ptrs[MAX_LANDSCAPES];
+    const char *titles[MAX_LANDSCAPES], *loss_names[MAX_LANDSCAPES];
+    AtomicFile af;
+
+    memset(&ls, 0, sizeof ls);
+    ls.batches = 16;
+    ls.batch = 32;
+    ls.grid = 21;
+    ls.shuffle = 1;
+    ls.seed = 1;
+    n_models = parse_args(&cmd, opts, argc, argv, paths);
+    g_quiet = quiet;
+    ls.scale_by_norm = !strcmp(scale, "norm");
+    ls.span = isfinite(span) ? span : ls.scale_by_norm ? 0.1 : 1.0;
+    if ((long)ls.batches * ls.batch > n_samples)
+        usage_error(&cmd, "--samples (%d) must be at least --batches * --batch (%ld)", n_samples,
+                    (long)ls.batches * ls.batch);
+    install_sigint_handler();
+
+    for (i = 0; i < n_models; i++) {
+        Model m, teacher;
+        Dataset d;
+        ModelProblem mp;
+        LlcProblem p;
+        LossKind loss;
+        Rng rng;
+        int has_teacher, rc;
+        load_model_or_exit(&m, paths[i]);
+        has_teacher = load_teacher(&teacher, &m, paths[i], teacher_arg);
+        loss = resolve_loss(loss_arg, &m, has_teacher, "landscape");
+        rng_seed(&rng, ls.seed);
+        dataset_random(&d, &m.cfg, n_samples, &rng);
+        dataset_label(&d, has_teacher ? &teacher : &m, ls.batch);
+        mp.m = &m;
+        mp.data = &d;
+        mp.loss = loss;
+        mp.max_batch = ls.batch;
+        p = model_problem(&mp);
+        progress("%s: %d gradients, %d x %d grid, %s loss", paths[i], ls.batches, ls.grid, ls.grid, loss_name(loss));
+        rc = landscape_compute(&p, &ls, &lands[i]);
+        if (rc < 0) die("invalid landscape settings");
+        land_ptrs[i] = &lands[i];
+        titles[i] = paths[i];
+        loss_names[i] = loss_name(loss);
+        printf("model        %s (%s loss)\n", paths[i], loss_name(loss));
+        printf("directions   PC1 %.1f %%, PC2 %.1f %% of the gradient variance, %.4f degrees apart\n",
+               100 * lands[i].variance_share[0], 100 * lands[i].variance_share[1], lands[i].angle_degrees);
+        printf("loss         %.6g at w*, from %.6g to %.6g on the grid\n", lands[i].centre_loss, lands[i].min_loss,
+               lands[i].max_loss);
+        printf("time         %.1f s\n", lands[i].seconds);
+        dataset_free(&d);
+        if (has_teacher) model_free(&teacher);
+        model_free(&m);
+        if (rc > 0) {
+            warn("interrupted: no files are written");
+            for (j = 0; j <= i; j++) landscape_free(&lands[j]);
+            return 130;
+        }
+    }
+
+    if (csv_path) {
+        if (atomic_open(&af, csv_path) != 0) return 1;
+        fprintf(af.f, n_models > 1 ? "model,a,b,loss\n" : "a,b,loss\n");
+        for (i = 0; i < n_models; i++) {
+            int N = lands[i].grid, r, c;
+            for (r = 0; r < N; r++)
+                for (c = 0; c < N; c++) {
+                    if (n_models > 1) fprintf(af.f, "%s,", paths[i]);
+                    fprintf(af.f, "%.9g,%.9g,%.9g\n", lands[i].a[c], lands[i].b[r], lands[i].loss[(size_t)r * N + c]);
+                }
+        }
+        if (atomic_commit(&af) != 0) status = 1;
+    }
+    if (json_path) {
+        Json js;
+        if (atomic_open(&af, json_path) != 0) return 1;
+        json_init(&js, af.f);
+        js.inline_depth = 3;
+        json_object(&js, NULL);
+        json_object(&js, "settings");
+        json_int(&js, "batches", ls.batches);
+        json_int(&js, "batch", ls.batch);
+        json_int(&js, "samples", n_samples);
+        json_int(&js, "grid", ls.grid);
+        json_num(&js, "span", ls.span);
+        json_str(&js, "scale", ls.scale_by_norm ? "norm" : "raw");
+        json_int(&js, "seed", (long long)ls.seed);
+        json_object_end(&js);
+        json_array(&js, "landscapes");
+        for (i = 0; i < n_models; i++) {
+            const Landscape *l = &lands[i];
+            int r, c;
+            json_object(&js, NULL);
+            json_str(&js, "model", paths[i]);
+            json_str(&js, "loss", loss_names[i]);
+            json_array(&js, "variance_share");
+            json_num(&js, NULL, l->variance_share[0]);
+            json_num(&js, NULL, l->variance_share[1]);
+            json_array_end(&js);
+            json_num(&js, "angle_degrees", l->angle_degrees);
+            json_num(&js, "w_norm", l->w_norm);
+            json_num(&js, "centre_loss", l->centre_loss);
+            json_num(&js, "min_loss", l->min_loss);
+            json_num(&js, "max_loss", l->max_loss);
+            json_array(&js, "a");
+            for (c = 0; c < l->grid; c++) json_num(&js, NULL, l->a[c]);
+            json_array_end(&js);
+            json_array(&js, "b");
+            for (r = 0; r < l->grid; r++) json_num(&js, NULL, l->b[r]);
+            json_array_end(&js);
+            json_array(&js, "loss");
+            for (r = 0; r < l->grid; r++) {
+                json_array(&js, NULL);
+                for (c = 0; c < l->grid; c++) json_num(&js, NULL, l->loss[(size_t)r * l->grid + c]);
+                json_array_end(&js);
+            }
+            json_array_end(&js);
+            json_object_end(&js);
+        }
+        json_array_end(&js);
+        json_object_end(&js);
+        if (atomic_commit(&af) != 0) status = 1;
+    }
+    if (svg_path) {
+        char loss_label[64];
+        int same_loss = 1;
+        for (i = 1; i < n_models; i++) same_loss &= !strcmp(loss_names[i], loss_names[0]);
+        snprintf(loss_label, sizeof loss_label, "%s loss", same_loss ? loss_names[0] : "each model's");
+        if (atomic_open(&af, svg_path) != 0) return 1;
+        svg_landscapes(af.f, land_ptrs, titles, n_models, log_color, loss_label,
+                       ls.scale_by_norm ? " in units of ||w*||" : "");
+        if (atomic_commit(&af) != 0) status = 1;
+    }
+    for (i = 0; i < n_models; i++) landscape_free(&lands[i]);
+    return status;
+}
+
 /* main -------------------------------------------------------------------- */
 
 typedef struct {
@@ -4007,6 +4618,7 @@ static const CommandEntry commands[] = {
     {"diff", cmd_diff, "compare two models tensor by tensor"},
     {"distill", cmd_distill, "distill a teacher into a smaller student"},
     {"study-distill", cmd_study_distill, "teacher and student LLCs for several programs and shrinks"},
+    {"landscape", cmd_landscape, "loss landscape along the top principal components of the gradients"},
 };
 
 static void print_usage(FILE *f) {

@@ -237,4 +237,36 @@ double sgld_default_nbeta(int batch);
 int llc_estimate(const LlcProblem *p, const SgldSettings *s, LlcResult *r);
 void llc_result_free(LlcResult *r);
 
+/* ---------------------------------------------------------------------------
+ * Loss landscape along the top two principal components of minibatch
+ * gradients at w*, on the same LlcProblem interface. */
+typedef struct {
+    int batches;           /* K minibatch gradients */
+    int batch;             /* samples per minibatch */
+    int grid;              /* N points per axis */
+    double span;           /* the grid covers [-span, span]^2 */
+    int scale_by_norm;     /* measure a and b in units of ||w*|| instead of parameter units */
+    int shuffle;           /* draw the gradient batches from a seeded permutation */
+    uint64_t seed;
+    int threads;           /* 0: one per core */
+} LandscapeSettings;
+
+typedef struct {
+    int grid;
+    double *a, *b;             /* [grid] coordinates along the first and second direction */
+    double *loss;              /* [grid * grid] loss at w* + a[j] d1 + b[i] d2, index i * grid + j */
+    double variance_share[2];  /* share of the centred gradients' variance along d1 and d2 */
+    double eigenvalue[2];      /* variance along d1 and d2 (per parameter-space unit) */
+    double angle_degrees;      /* between d1 and d2 */
+    double w_norm;             /* ||w*|| */
+    double step_unit;          /* parameter-space length of a unit of a and b */
+    double centre_loss;        /* loss at w* */
+    double min_loss, max_loss; /* over the grid */
+    real *d1, *d2;             /* [n_params] unit directions */
+    double seconds;
+} Landscape;
+
+int landscape_compute(const LlcProblem *p, const LandscapeSettings *s, Landscape *out);
+void landscape_free(Landscape *l);
+
 #endif /* LLC_H */

@@ -11,6 +11,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import xml.etree.ElementTree as ET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LLC = os.path.join(ROOT, "llc")
@@ -23,6 +24,7 @@ from convert import python_str  # noqa: E402
 
 failures = 0
 TMP = tempfile.mkdtemp(prefix="llc-cli-")
+SVG = "{http://www.w3.org/2000/svg}"
 
 
 def llc(*args):
@@ -162,6 +164,57 @@ def test_diff():
     expect(same.returncode == 0 and "same within tolerance" in same.stdout, same.stdout[-200:])
     other = llc("diff", SORT5, os.path.join(WEIGHTS, "sort_n10.llcw"))
     expect(other.returncode == 1 and "different architectures" in other.stdout, other.stdout[-200:])
+
+
+def landscape(models, *extra):
+    out = {kind: os.path.join(TMP, "landscape." + kind) for kind in ("csv", "json", "svg")}
+    result = llc("landscape", *models, "--grid", 5, "--batches", 4, "--batch", 8, "--samples", 32, "--quiet",
+                 "--csv", out["csv"], "--json", out["json"], "--svg", out["svg"], *extra)
+    expect(result.returncode == 0, f"exit {result.returncode}: {result.stderr.strip()}")
+    return out
+
+
+def test_landscape_outputs():
+    out = landscape([SORT5])
+    data = json.load(open(out["json"]))["landscapes"][0]
+    grid = data["loss"]
+    expect(len(grid) == 5 and all(len(row) == 5 for row in grid), "grid shape")
+    expect(abs(grid[2][2] - data["centre_loss"]) <= 1e-6, f"centre {grid[2][2]} vs loss at w* {data['centre_loss']}")
+    expect(data["a"][2] == 0 and data["b"][2] == 0, "the centre is not at a = b = 0")
+    expect(abs(data["angle_degrees"] - 90) < 1e-3, f"angle {data['angle_degrees']}")
+    expect(data["variance_share"][0] >= data["variance_share"][1] > 0, f"shares {data['variance_share']}")
+    expect(data["min_loss"] <= data["centre_loss"] <= data["max_loss"], "centre outside [min, max]")
+    rows = open(out["csv"]).read().strip().split("\n")
+    expect(rows[0] == "a,b,loss" and len(rows) == 1 + 25, f"CSV has {len(rows)} lines")
+    root = ET.parse(out["svg"]).getroot()
+    texts = [t.text or "" for t in root.iter(SVG + "text")]
+    expect(any(t.startswith("PC1 (") and t.endswith("%)") for t in texts), "no PC1 axis label")
+    expect(any(t.startswith("PC2 (") and t.endswith("%)") for t in texts), "no PC2 axis label")
+    expect("ce loss" in texts, "no colour bar label")
+    expect("w*" in texts, "the centre is not marked")
+
+
+def test_landscape_centre_is_minimum_of_kl():
+    # KL of the model to itself is 0 at w* and positive elsewhere
+    data = json.load(open(landscape([SORT5], "--loss", "kl")["json"]))["landscapes"][0]
+    expect(abs(data["centre_loss"]) <= 1e-6, f"KL at w* is {data['centre_loss']}")
+    expect(data["min_loss"] >= -1e-7, f"KL below zero: {data['min_loss']}")
+
+
+def test_landscape_side_by_side():
+    out = landscape([SORT5, os.path.join(WEIGHTS, "hist_n5.llcw")], "--log-color", "--scale", "norm")
+    data = json.load(open(out["json"]))
+    expect(len(data["landscapes"]) == 2 and data["settings"]["scale"] == "norm", "two landscapes expected")
+    rows = open(out["csv"]).read().strip().split("\n")
+    expect(rows[0] == "model,a,b,loss" and len(rows) == 1 + 50, f"CSV has {len(rows)} lines")
+    texts = [t.text or "" for t in ET.parse(out["svg"]).getroot().iter(SVG + "text")]
+    expect(sum(t.startswith("PC1 (") for t in texts) == 2, "expected two panels")
+    expect(any(t.startswith("log10(") for t in texts), "no log colour label")
+
+
+def test_landscape_usage_errors():
+    expect_status(llc("landscape", SORT5, "--grid", 1), 2, "--grid", "[2, 1001]")
+    expect_status(llc("landscape", SORT5, "--batches", 64, "--batch", 32, "--samples", 100), 2, "--samples")
 
 
 # Compiled models against the RASP evaluator, through llc's forward pass.

@@ -866,6 +866,208 @@ static void test_default_nbeta(void) {
 }
 
 /* ------------------------------------------------------------------------ */
+/* PCA and the loss landscape                                                */
+
+/* Eigenvalues (descending) and eigenvectors (columns of V) of a symmetric
+ * n x n matrix by cyclic Jacobi rotations, the explicit reference. */
+static void jacobi_eigen(double *A, int n, double *values, double *V) {
+    int sweep, p, q, k, i, j;
+    for (i = 0; i < n; i++)
+        for (j = 0; j < n; j++) V[i * n + j] = i == j;
+    for (sweep = 0; sweep < 100; sweep++) {
+        double off = 0.0;
+        for (p = 0; p < n; p++)
+            for (q = p + 1; q < n; q++) off += A[p * n + q] * A[p * n + q];
+        if (off < 1e-30) break;
+        for (p = 0; p < n; p++)
+            for (q = p + 1; q < n; q++) {
+                double theta, t, c, s;
+                if (fabs(A[p * n + q]) < 1e-300) continue;
+                theta = (A[q * n + q] - A[p * n + p]) / (2 * A[p * n + q]);
+                t = (theta >= 0 ? 1 : -1) / (fabs(theta) + sqrt(theta * theta + 1));
+                c = 1 / sqrt(t * t + 1);
+                s = t * c;
+                for (k = 0; k < n; k++) {   /* A <- A J */
+                    double akp = A[k * n + p], akq = A[k * n + q];
+                    A[k * n + p] = c * akp - s * akq;
+                    A[k * n + q] = s * akp + c * akq;
+                }
+                for (k = 0; k < n; k++) {   /* A <- J^T A */
+                    double apk = A[p * n + k], aqk = A[q * n + k];
+                    A[p * n + k] = c * apk - s * aqk;
+                    A[q * n + k] = s * apk + c * aqk;
+                }
+                for (k = 0; k < n; k++) {
+                    double vkp = V[k * n + p], vkq = V[k * n + q];
+                    V[k * n + p] = c * vkp - s * vkq;
+                    V[k * n + q] = s * vkp + c * vkq;
+                }
+            }
+    }
+    for (i = 0; i < n; i++) values[i] = A[i * n + i];
+    for (i = 0; i < n; i++)   /* selection sort, descending, with the columns */
+        for (j = i + 1; j < n; j++)
+            if (values[j] > values[i]) {
+                double t = values[i];
+                values[i] = values[j];
+                values[j] = t;
+                for (k = 0; k < n; k++) {
+                    t = V[k * n + i];
+                    V[k * n + i] = V[k * n + j];
+                    V[k * n + j] = t;
+                }
+            }
+}
+
+static void test_power_iteration_vs_jacobi(void) {
+    enum { K = 8, P = 30 };
+    double G[K * P], M[K * K], A[K * K], values[2], vecs[2 * K], ref_values[K], V[K * K];
+    int i, j, k, which;
+    Rng rng;
+    rng_seed(&rng, 12);
+    for (i = 0; i < K * P; i++) G[i] = rng_normal(&rng) * (1 + i % 3);
+    for (i = 0; i < K; i++)
+        for (j = 0; j < K; j++) {
+            double sum = 0;
+            for (k = 0; k < P; k++) sum += G[i * P + k] * G[j * P + k];
+            M[i * K + j] = A[i * K + j] = sum / (K - 1);
+        }
+    power_iteration_top2(M, K, 3, values, vecs);
+    jacobi_eigen(A, K, ref_values, V);
+    for (which = 0; which < 2; which++) {
+        double dot = 0;
+        for (i = 0; i < K; i++) dot += vecs[which * K + i] * V[i * K + which];
+        CHECK(fabs(values[which] - ref_values[which]) <= 1e-9 * ref_values[0], "eigenvalue %d: %.12g vs Jacobi %.12g",
+              which, values[which], ref_values[which]);
+        CHECK(fabs(fabs(dot) - 1) < 1e-9, "eigenvector %d: |cos| %.12g with Jacobi's", which, fabs(dot));
+    }
+}
+
+/* Per-sample loss 1/2 w^T A w + z_s . w with w* = 0, so the gradient of
+ * sample s at w* is z_s. The six samples are +-3 q1, +-2 q2, +-1 q3 for
+ * orthonormal q, so the centred gradients have principal axes q1, q2, q3
+ * with variances 18/5, 8/5, 2/5 (shares 9/14, 4/14, 1/14). */
+typedef struct {
+    int P;
+    double A[36], z[6][6], q[3][6];
+} Quadratic;
+
+typedef struct {
+    const Quadratic *quad;
+    real *w;
+} QuadChain;
+
+static void *quad_chain_new(const LlcProblem *p, real *w) {
+    QuadChain *c = xmalloc(sizeof *c, "chain");
+    c->quad = p->ctx;
+    c->w = w;
+    return c;
+}
+
+static double quad_loss_grad(void *chain, const int *samples, int n, real *grad) {
+    QuadChain *c = chain;
+    const Quadratic *q = c->quad;
+    double loss = 0.0;
+    int s, i, j;
+    if (grad)
+        for (i = 0; i < q->P; i++) grad[i] = 0;
+    for (s = 0; s < n; s++) {
+        const double *z = q->z[samples[s]];
+        for (i = 0; i < q->P; i++) {
+            double Aw = 0;
+            for (j = 0; j < q->P; j++) Aw += q->A[i * q->P + j] * c->w[j];
+            loss += 0.5 * c->w[i] * Aw + z[i] * c->w[i];
+            if (grad) grad[i] += (real)((Aw + z[i]) / n);
+        }
+    }
+    return loss / n;
+}
+
+static double quad_value(const Quadratic *q, const double *w) {
+    double loss = 0;
+    int i, j;
+    for (i = 0; i < q->P; i++)
+        for (j = 0; j < q->P; j++) loss += 0.5 * w[i] * q->A[i * q->P + j] * w[j];
+    return loss;
+}
+
+static void test_landscape_exact_quadratic(void) {
+    Quadratic q;
+    real w_star[6] = {0, 0, 0, 0, 0, 0};
+    static const double scale[3] = {3, 2, 1};
+    LandscapeSettings s;
+    Landscape l;
+    LlcProblem p;
+    Rng rng;
+    int i, j, k, n_bad = 0;
+    double worst = 0;
+
+    /* random orthonormal q1..q3 (Gram-Schmidt) and a random SPD A */
+    q.P = 6;
+    rng_seed(&rng, 8);
+    for (i = 0; i < 3; i++) {
+        double norm = 0;
+        for (k = 0; k < 6; k++) q.q[i][k] = rng_normal(&rng);
+        for (j = 0; j < i; j++) {
+            double dot = 0;
+            for (k = 0; k < 6; k++) dot += q.q[i][k] * q.q[j][k];
+            for (k = 0; k < 6; k++) q.q[i][k] -= dot * q.q[j][k];
+        }
+        for (k = 0; k < 6; k++) norm += q.q[i][k] * q.q[i][k];
+        for (k = 0; k < 6; k++) q.q[i][k] /= sqrt(norm);
+    }
+    for (i = 0; i < 6; i++)
+        for (k = 0; k < 6; k++) q.z[i][k] = (i % 2 ? -1 : 1) * scale[i / 2] * q.q[i / 2][k];
+    {
+        double B[36];
+        for (i = 0; i < 36; i++) B[i] = rng_normal(&rng);
+        for (i = 0; i < 6; i++)
+            for (j = 0; j < 6; j++) {
+                double sum = i == j ? 1.0 : 0.0;
+                for (k = 0; k < 6; k++) sum += B[i * 6 + k] * B[j * 6 + k];
+                q.A[i * 6 + j] = sum;
+            }
+    }
+    p.n_params = 6;
+    p.w_star = w_star;
+    p.n_samples = 6;
+    p.ctx = &q;
+    p.chain_new = quad_chain_new;
+    p.loss_grad = quad_loss_grad;
+    p.chain_free = poly_chain_free;
+
+    memset(&s, 0, sizeof s);
+    s.batches = 6;
+    s.batch = 1;
+    s.grid = 5;
+    s.span = 0.5;
+    s.threads = 2;
+    CHECK(landscape_compute(&p, &s, &l) == 0, "landscape_compute failed");
+    if (g_failed) return;
+    for (j = 0; j < 2; j++) {
+        const real *d = j == 0 ? l.d1 : l.d2;
+        double dot = 0;
+        for (k = 0; k < 6; k++) dot += d[k] * q.q[j][k];
+        CHECK(fabs(fabs(dot) - 1) < 1e-4, "direction %d: |cos| with the true axis is %.8f", j + 1, fabs(dot));
+    }
+    CHECK(fabs(l.variance_share[0] - 9.0 / 14) < 1e-6, "share of PC1 %.8f, expected %.8f", l.variance_share[0], 9.0 / 14);
+    CHECK(fabs(l.variance_share[1] - 4.0 / 14) < 1e-6, "share of PC2 %.8f, expected %.8f", l.variance_share[1], 4.0 / 14);
+    CHECK(fabs(l.angle_degrees - 90) < 1e-4, "angle %.6f degrees", l.angle_degrees);
+    CHECK(l.centre_loss == 0, "centre loss %g", l.centre_loss);
+    CHECK(l.loss[2 * 5 + 2] == l.centre_loss, "grid centre %g differs from the loss at w* %g", l.loss[12], l.centre_loss);
+    for (i = 0; i < 5; i++)
+        for (j = 0; j < 5; j++) {
+            double w[6], want, got = l.loss[i * 5 + j];
+            for (k = 0; k < 6; k++) w[k] = l.a[j] * l.d1[k] + l.b[i] * l.d2[k];
+            want = quad_value(&q, w);
+            if (fabs(got - want) > 1e-5 * (1 + want)) n_bad++;
+            if (fabs(got - want) > worst) worst = fabs(got - want);
+        }
+    CHECK(n_bad == 0, "%d grid values differ from 1/2 w^T A w, by up to %g", n_bad, worst);
+    landscape_free(&l);
+}
+
+/* ------------------------------------------------------------------------ */
 
 int main(int argc, char **argv) {
     if (argc > 1 && argv[1][0]) g_model_dir = argv[1];
@@ -887,5 +1089,7 @@ int main(int argc, char **argv) {
     run_test("sgld polynomial blows up", test_sgld_polynomial_blows_up);
     run_test("sgld normal crossing", test_sgld_normal_crossing);
     run_test("sgld deep linear network", test_sgld_deep_linear_network);
+    run_test("power iteration vs jacobi", test_power_iteration_vs_jacobi);
+    run_test("landscape exact quadratic", test_landscape_exact_quadratic);
     return g_n_failed ? 1 : 0;
 }
