@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -257,6 +258,233 @@ static void json_int(Json *j, const char *key, long long value) {
 static void json_bool(Json *j, const char *key, int value) {
     json_item(j, key);
     fputs(value ? "true" : "false", j->f);
+}
+
+/* A small JSON reader for the files llc itself writes (job results) and
+ * for compile.py's size reports: a tree of values, nesting at most 64 deep. */
+typedef enum { JSON_NULL, JSON_BOOL, JSON_NUMBER, JSON_STRING, JSON_ARRAY, JSON_OBJECT } JsonType;
+
+typedef struct JsonValue {
+    JsonType type;
+    double number;             /* JSON_NUMBER, and 0/1 for JSON_BOOL */
+    char *string;              /* JSON_STRING */
+    int n;                     /* items of an array or object */
+    struct JsonValue *items;
+    char **keys;               /* JSON_OBJECT: the key of each item */
+} JsonValue;
+
+typedef struct {
+    const char *p, *end;
+    int depth;
+    const char *error;
+} JsonParser;
+
+static void json_value_free(JsonValue *v) {
+    int i;
+    for (i = 0; i < v->n; i++) {
+        json_value_free(&v->items[i]);
+        if (v->keys) free(v->keys[i]);
+    }
+    free(v->items);
+    free(v->keys);
+    free(v->string);
+    memset(v, 0, sizeof *v);
+}
+
+static void json_skip_space(JsonParser *jp) {
+    while (jp->p < jp->end && (*jp->p == ' ' || *jp->p == '\t' || *jp->p == '\n' || *jp->p == '\r')) jp->p++;
+}
+
+static int json_fail(JsonParser *jp, const char *why) {
+    if (!jp->error) jp->error = why;
+    return -1;
+}
+
+/* Appends the UTF-8 encoding of code point c to buf. */
+static size_t utf8_encode(char *buf, unsigned c) {
+    if (c < 0x80) return buf[0] = (char)c, 1;
+    if (c < 0x800) return buf[0] = (char)(0xc0 | c >> 6), buf[1] = (char)(0x80 | (c & 0x3f)), 2;
+    if (c < 0x10000)
+        return buf[0] = (char)(0xe0 | c >> 12), buf[1] = (char)(0x80 | ((c >> 6) & 0x3f)),
+               buf[2] = (char)(0x80 | (c & 0x3f)), 3;
+    buf[0] = (char)(0xf0 | c >> 18), buf[1] = (char)(0x80 | ((c >> 12) & 0x3f));
+    buf[2] = (char)(0x80 | ((c >> 6) & 0x3f)), buf[3] = (char)(0x80 | (c & 0x3f));
+    return 4;
+}
+
+static int json_parse_string(JsonParser *jp, char **out) {
+    const char *start = ++jp->p;   /* after the opening quote */
+    char *s = xmalloc((size_t)(jp->end - start) + 1, "a JSON string");
+    size_t n = 0;
+    while (jp->p < jp->end && *jp->p != '"') {
+        unsigned char c = (unsigned char)*jp->p++;
+        if (c < 0x20) return free(s), json_fail(jp, "control character in a string");
+        if (c != '\\') {
+            s[n++] = (char)c;
+            continue;
+        }
+        if (jp->p >= jp->end) break;
+        c = (unsigned char)*jp->p++;
+        if (c == 'u') {
+            unsigned code = 0;
+            int k;
+            if (jp->end - jp->p < 4) return free(s), json_fail(jp, "short \\u escape");
+            for (k = 0; k < 4; k++) {
+                char h = *jp->p++;
+                code = code * 16 + (unsigned)(isdigit((unsigned char)h) ? h - '0' : (tolower((unsigned char)h) - 'a' + 10));
+                if (!isxdigit((unsigned char)h)) return free(s), json_fail(jp, "bad \\u escape");
+            }
+            n += utf8_encode(s + n, code);   /* 4 bytes at most for 6 input bytes */
+        } else {
+            const char *from = "\"\\/bfnrt", *to = "\"\\/\b\f\n\r\t", *at = strchr(from, (int)c);
+            if (!at || !c) return free(s), json_fail(jp, "bad escape");
+            s[n++] = to[at - from];
+        }
+    }
+    if (jp->p >= jp->end) return free(s), json_fail(jp, "unterminated string");
+    jp->p++;
+    s[n] = 0;
+    *out = s;
+    return 0;
+}
+
+static int json_parse_value(JsonParser *jp, JsonValue *v) {
+    memset(v, 0, sizeof *v);
+    json_skip_space(jp);
+    if (jp->p >= jp->end) return json_fail(jp, "unexpected end of input");
+    if (++jp->depth > 64) return json_fail(jp, "nesting deeper than 64");
+    if (*jp->p == '{' || *jp->p == '[') {
+        int is_object = *jp->p == '{', capacity = 0;
+        char close = is_object ? '}' : ']';
+        v->type = is_object ? JSON_OBJECT : JSON_ARRAY;
+        jp->p++;
+        json_skip_space(jp);
+        if (jp->p < jp->end && *jp->p == close) {
+            jp->p++;
+            jp->depth--;
+            return 0;
+        }
+        for (;;) {
+            char *key = NULL;
+            if (v->n == capacity) {
+                capacity = capacity ? 2 * capacity : 8;
+                v->items = realloc(v->items, (size_t)capacity * sizeof(JsonValue));
+                if (is_object) v->keys = realloc(v->keys, (size_t)capacity * sizeof(char *));
+                if (!v->items || (is_object && !v->keys)) die("out of memory reading JSON");
+            }
+            if (is_object) {
+                json_skip_space(jp);
+                if (jp->p >= jp->end || *jp->p != '"') return json_fail(jp, "expected a key");
+                if (json_parse_string(jp, &key)) return -1;
+                json_skip_space(jp);
+                if (jp->p >= jp->end || *jp->p != ':') return free(key), json_fail(jp, "expected ':'");
+                jp->p++;
+                v->keys[v->n] = key;
+            }
+            if (json_parse_value(jp, &v->items[v->n])) {
+                v->n++;
+                return -1;
+            }
+            v->n++;
+            json_skip_space(jp);
+            if (jp->p < jp->end && *jp->p == ',') {
+                jp->p++;
+                continue;
+            }
+            if (jp->p < jp->end && *jp->p == close) {
+                jp->p++;
+                break;
+            }
+            return json_fail(jp, "expected ',' or a closing bracket");
+        }
+    } else if (*jp->p == '"') {
+        v->type = JSON_STRING;
+        if (json_parse_string(jp, &v->string)) return -1;
+    } else if (!strncmp(jp->p, "true", 4) || !strncmp(jp->p, "false", 5)) {
+        v->type = JSON_BOOL;
+        v->number = *jp->p == 't';
+        jp->p += *jp->p == 't' ? 4 : 5;
+    } else if (!strncmp(jp->p, "null", 4)) {
+        v->type = JSON_NULL;
+        jp->p += 4;
+    } else {
+        char *end;
+        char buf[64];
+        size_t len = 0;
+        while (jp->p + len < jp->end && len < sizeof buf - 1 && strchr("+-0123456789.eE", jp->p[len])) len++;
+        memcpy(buf, jp->p, len);
+        buf[len] = 0;
+        v->type = JSON_NUMBER;
+        v->number = strtod(buf, &end);
+        if (len == 0 || *end) return json_fail(jp, "invalid value");
+        jp->p += len;
+    }
+    jp->depth--;
+    return 0;
+}
+
+/* Parses text (len bytes) into v; returns 0, or -1 with *error set. */
+static int json_parse(const char *text, size_t len, JsonValue *v, const char **error) {
+    JsonParser jp;
+    jp.p = text;
+    jp.end = text + len;
+    jp.depth = 0;
+    jp.error = NULL;
+    if (json_parse_value(&jp, v) == 0) {
+        json_skip_space(&jp);
+        if (jp.p == jp.end) return 0;
+        json_fail(&jp, "text after the value");
+    }
+    json_value_free(v);
+    *error = jp.error;
+    return -1;
+}
+
+static const JsonValue *json_get(const JsonValue *v, const char *key) {
+    int i;
+    if (!v || v->type != JSON_OBJECT) return NULL;
+    for (i = 0; i < v->n; i++)
+        if (!strcmp(v->keys[i], key)) return &v->items[i];
+    return NULL;
+}
+
+/* The number at key, or fallback when it is absent or not a number (null). */
+static double json_number(const JsonValue *v, const char *key, double fallback) {
+    const JsonValue *x = json_get(v, key);
+    return x && (x->type == JSON_NUMBER || x->type == JSON_BOOL) ? x->number : fallback;
+}
+
+static const char *json_string(const JsonValue *v, const char *key) {
+    const JsonValue *x = json_get(v, key);
+    return x && x->type == JSON_STRING ? x->string : NULL;
+}
+
+/* Reads a whole file into memory (NUL-terminated); returns NULL on error. */
+static char *read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    size_t n = 0, cap = 0;
+    if (!f) return NULL;
+    for (;;) {
+        size_t got;
+        if (n + 4096 + 1 > cap) {
+            cap = cap ? 2 * cap : 65536;
+            buf = realloc(buf, cap);
+            if (!buf) die("out of memory reading %s", path);
+        }
+        got = fread(buf + n, 1, cap - n - 1, f);
+        n += got;
+        if (got == 0) break;
+    }
+    if (ferror(f)) {
+        free(buf);
+        fclose(f);
+        return NULL;
+    }
+    fclose(f);
+    buf[n] = 0;
+    *len = n;
+    return buf;
 }
 
 /* ---------------------------------------------------------------------------
@@ -839,7 +1067,9 @@ static int read_tensor_data(Reader *r, const DirEntry *e, const TensorInfo *t, r
     return 0;
 }
 
-int model_load(Model *m, const char *path) {
+/* Reads and checks a weight file; with header_only set, stops before the
+ * values and stores only the configuration and the parameter counts. */
+static int model_read(Model *m, const char *path, int header_only) {
     Reader r;
     struct stat st;
     char magic[4];
@@ -1030,6 +1260,21 @@ int model_load(Model *m, const char *path) {
         }
     }
 
+    if (header_only) {
+        m->n_params = m->n_fixed = 0;
+        for (i = 0; i < n_tensors; i++) {
+            char name[64];
+            int rows, cols;
+            model_tensor_shape(c, i, name, sizeof name, &rows, &cols);
+            if (trainable[i]) m->n_params += (size_t)rows * (size_t)cols;
+            else m->n_fixed += (size_t)rows * (size_t)cols;
+        }
+        free(dir);
+        free(trainable);
+        fclose(r.f);
+        return 0;
+    }
+
     /* Values. */
     model_layout(m, trainable);
     for (i = 0; i < n_tensors; i++) {
@@ -1048,6 +1293,20 @@ fail:
     fclose(r.f);
     model_free(m);
     return -1;
+}
+
+int model_load(Model *m, const char *path) { return model_read(m, path, 0); }
+
+/* Reads only the header of a weight file: its configuration and its
+ * numbers of trainable and fixed values, without allocating them. */
+static int model_peek(const char *path, ModelConfig *cfg, size_t *n_params, size_t *n_fixed) {
+    Model m;
+    if (model_read(&m, path, 1) != 0) return -1;
+    *cfg = m.cfg;
+    *n_params = m.n_params;
+    *n_fixed = m.n_fixed;
+    model_free(&m);
+    return 0;
 }
 
 static void put_u32(FILE *f, uint32_t v) {
@@ -1839,6 +2098,7 @@ typedef struct {
     int next_chain;
     long steps_done, steps_total;
     unsigned long long n_updates, n_unchanged;
+    unsigned long long n_updates_nonzero, n_unchanged_nonzero;   /* of parameters non-zero at w* */
     double t_start, t_last_report;
 #if LLC_THREADS
     pthread_mutex_t lock;
@@ -1895,7 +2155,7 @@ static void run_chain(EstimateJob *job, int c) {
     int *order = xmalloc((size_t)p->n_samples * sizeof(int), "a chain's sample order");
     const real half_lr = (real)(s->lr / 2), sqrt_lr = (real)sqrt(s->lr), nbeta = (real)r->nbeta;
     const real localization = (real)s->localization, noise = (real)s->noise_level;
-    unsigned long long n_unchanged = 0;
+    unsigned long long n_unchanged = 0, n_unchanged_nonzero = 0, n_nonzero = 0;
     long reported = 0;
     void *chain;
     Rng rng;
@@ -1930,6 +2190,7 @@ static void run_chain(EstimateJob *job, int c) {
             real step = -half_lr * drift + sqrt_lr * noise * (real)rng_normal(&rng);
             w[j] = old + step;
             n_unchanged += w[j] == old && step != 0;
+            n_unchanged_nonzero += w[j] == old && step != 0 && p->w_star[j] != 0;
             diverged |= !isfinite(w[j]);
         }
         if (!isfinite(loss) || diverged) {
@@ -1943,9 +2204,12 @@ static void run_chain(EstimateJob *job, int c) {
         }
     }
     job_report(job, i - reported);
+    for (j = 0; j < n; j++) n_nonzero += p->w_star[j] != 0;
     job_lock(job);
     job->n_updates += (unsigned long long)i * n;
     job->n_unchanged += n_unchanged;
+    job->n_updates_nonzero += (unsigned long long)i * n_nonzero;
+    job->n_unchanged_nonzero += n_unchanged_nonzero;
     job_unlock(job);
 
     p->chain_free(chain);
@@ -2058,6 +2322,8 @@ int llc_estimate(const LlcProblem *p, const SgldSettings *s, LlcResult *r) {
         if (isfinite(r->llc_chain[c])) sq += (r->llc_chain[c] - r->llc_mean) * (r->llc_chain[c] - r->llc_mean);
     r->llc_std = n_ok > 1 ? sqrt(sq / (n_ok - 1)) : NAN;
     r->unchanged_fraction = job.n_updates ? (double)job.n_unchanged / (double)job.n_updates : 0.0;
+    r->unchanged_fraction_nonzero =
+        job.n_updates_nonzero ? (double)job.n_unchanged_nonzero / (double)job.n_updates_nonzero : 0.0;
     r->seconds = now_seconds() - job.t_start;
     r->interrupted = g_interrupted != 0;
     return 0;
@@ -2664,7 +2930,7 @@ typedef struct {
 
 typedef struct {
     const char *title, *x_label, *y_label, *y2_label;
-    int log_x, log_y;
+    int log_x, log_y, log_y2;
     const PlotSeries *series;
     int n_series;
     const char *note;      /* optional line under the plot */
@@ -2805,8 +3071,8 @@ static void svg_line_plot(FILE *f, const LinePlot *p) {
     series_range(p, 1, 0, p->log_y, &y_lo, &y_hi);
     draw_axis(f, &ay, y_lo, y_hi, p->log_y, 1, height - bottom, top, left, width - right, 0);
     if (has_right) {
-        series_range(p, 1, 1, 0, &y_lo, &y_hi);
-        draw_axis(f, &ay2, y_lo, y_hi, 0, 1, height - bottom, top, left, width - right, 1);
+        series_range(p, 1, 1, p->log_y2, &y_lo, &y_hi);
+        draw_axis(f, &ay2, y_lo, y_hi, p->log_y2, 1, height - bottom, top, left, width - right, 1);
     }
     fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"black\"/>\n",
             left, top, width - right - left, height - bottom - top);
@@ -2834,8 +3100,9 @@ static void svg_line_plot(FILE *f, const LinePlot *p) {
         const char *color = plot_colors[ps->color % 10];
         int open = 0;
         for (i = 0; i < ps->n; i++) {
+            int log_axis = ps->right ? p->log_y2 : p->log_y;
             int ok = isfinite(ps->x[i]) && isfinite(ps->y[i]) && (!p->log_x || ps->x[i] > 0) &&
-                     (ps->right || !p->log_y || ps->y[i] > 0);
+                     (!log_axis || ps->y[i] > 0);
             if (!ok) {
                 if (open) fputs("\"/>\n", f);
                 open = 0;
@@ -2851,7 +3118,7 @@ static void svg_line_plot(FILE *f, const LinePlot *p) {
         for (i = 0; ps->n <= 60 && i < ps->n; i++) {
             double px, py;
             if (!isfinite(ps->x[i]) || !isfinite(ps->y[i])) continue;
-            if ((p->log_x && ps->x[i] <= 0) || (!ps->right && p->log_y && ps->y[i] <= 0)) continue;
+            if ((p->log_x && ps->x[i] <= 0) || ((ps->right ? p->log_y2 : p->log_y) && ps->y[i] <= 0)) continue;
             px = axis_pos(&ax, ps->x[i]);
             py = axis_pos(y_axis, ps->y[i]);
             if (ps->marked && ps->marked[i])
@@ -3242,6 +3509,194 @@ static double model_sparsity(const Model *m, size_t nonzero) {
     return m->n_params ? (double)nonzero / (double)m->n_params : 0.0;
 }
 
+/* Shared pieces of the commands that run many estimates -------------------- */
+
+/* The SGLD options of every command that estimates an LLC. */
+#define SGLD_OPTIONS(s, nbeta, n_samples)                                                          \
+    {"--lr", OPT_REAL, &(s).lr, 0, INFINITY, 1, "EPS", "SGLD step size epsilon", NULL},             \
+    {"--nbeta", OPT_REAL, &(nbeta), 0, INFINITY, 1, "NB",                                          \
+     "inverse temperature n*beta (default batch / ln(batch))", NULL},                              \
+    {"--localization", OPT_REAL, &(s).localization, 0, INFINITY, 0, "G",                           \
+     "strength gamma of the pull towards w*", NULL},                                               \
+    {"--chains", OPT_INT, &(s).chains, 1, 100000, 0, "N", "independent SGLD chains", NULL},         \
+    {"--draws", OPT_INT, &(s).draws, 1, 1e8, 0, "N", "recorded draws per chain", NULL},             \
+    {"--burnin", OPT_INT, &(s).burnin, 0, 1e9, 0, "N", "steps before the first draw", NULL},        \
+    {"--every", OPT_INT, &(s).every, 1, 1e6, 0, "N", "steps between draws", NULL},                  \
+    {"--batch", OPT_INT, &(s).batch, 1, 1e6, 0, "N", "sequences per minibatch", NULL},              \
+    {"--samples", OPT_INT, &(n_samples), 1, 1e8, 0, "N", "random input sequences", NULL},           \
+    {"--seed", OPT_U64, &(s).seed, 0, 0, 0, "N", "seed of the inputs and the SGLD noise", NULL},    \
+    {"--threads", OPT_INT, &(s).threads, 0, 4096, 0, "N", "worker threads, 0 = one per core", NULL}
+
+static void sgld_defaults(SgldSettings *s) {
+    memset(s, 0, sizeof *s);
+    s->lr = 1e-5;
+    s->noise_level = 1.0;
+    s->chains = 5;
+    s->draws = 100;
+    s->every = 1;
+    s->batch = 32;
+    s->shuffle = 1;
+    s->seed = 1;
+}
+
+/* Estimates the LLC of m on n_samples random full-length inputs (from the
+ * settings' seed) labelled by ref: the teacher, or m itself. */
+static void estimate_on_random_inputs(const Model *m, const Model *ref, LossKind loss, const SgldSettings *s,
+                                      int n_samples, LlcResult *r) {
+    Dataset d;
+    ModelProblem mp;
+    LlcProblem p;
+    Rng rng;
+    rng_seed(&rng, s->seed);
+    dataset_random(&d, &m->cfg, n_samples, &rng);
+    dataset_label(&d, ref, s->batch < n_samples ? s->batch : n_samples);
+    mp.m = m;
+    mp.data = &d;
+    mp.loss = loss;
+    mp.max_batch = s->batch < n_samples ? s->batch : n_samples;
+    p = model_problem(&mp);
+    if (llc_estimate(&p, s, r) != 0) die("invalid SGLD settings");
+    dataset_free(&d);
+}
+
+static int file_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+static int dir_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static int make_dir(const char *path) {
+    if (dir_exists(path)) return 0;
+    if (mkdir(path, 0777) != 0) {
+        fprintf(stderr, "%s: cannot create the folder %s: %s\n", g_program, path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* The folder of shipped models and compile.py: --weights, else
+ * tracr_weights beside the llc executable, else ./tracr_weights. */
+static const char *weights_dir(const char *given) {
+    static char found[4200];
+    char exe[4096];
+    ssize_t n;
+    if (given) return given;
+    n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        char *slash;
+        exe[n] = 0;
+        slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = 0;
+            snprintf(found, sizeof found, "%s/tracr_weights", exe);
+            if (dir_exists(found)) return found;
+        }
+    }
+    return "tracr_weights";
+}
+
+static const char *const tracr_programs[] = {"length", "frac_prevs", "sort", "sort_unique", "hist",
+                                             "sort_freq", "pair_balance", "dyck-2", "dyck-3"};
+
+static int is_tracr_program(const char *name) {
+    size_t i;
+    for (i = 0; i < sizeof tracr_programs / sizeof tracr_programs[0]; i++)
+        if (!strcmp(tracr_programs[i], name)) return 1;
+    return 0;
+}
+
+/* Runs argv[0] with its arguments (no shell) and returns its exit status.
+ * The child's standard output goes to stderr, so that llc's own standard
+ * output carries only results. */
+static int run_process(char *const argv[]) {
+    pid_t pid = fork();
+    int status;
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        dup2(2, 1);
+        execvp(argv[0], argv);
+        fprintf(stderr, "%s: cannot run %s: %s\n", g_program, argv[0], strerror(errno));
+        _exit(127);
+    }
+    if (waitpid(pid, &status, 0) < 0) return -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* Finds PROGRAM at max_seq_len among the shipped models, else in cache_dir,
+ * else compiles it into cache_dir with tracr_weights/compile.py. Stores the
+ * path in out (out_size bytes) and returns 0, or -1 after a message. */
+static int find_or_compile_model(const char *program, int max_seq_len, const char *weights, const char *cache_dir,
+                                 char *out, size_t out_size) {
+    char script[4096], n_text[32];
+    char *args[8];
+    int status;
+    snprintf(out, out_size, "%s/%s_n%d.llcw", weights, program, max_seq_len);
+    if (file_exists(out)) return 0;
+    snprintf(out, out_size, "%s/%s_n%d.llcw", cache_dir, program, max_seq_len);
+    if (file_exists(out)) return 0;
+    snprintf(script, sizeof script, "%s/compile.py", weights);
+    if (!file_exists(script)) {
+        fprintf(stderr, "%s: %s not found, so %s at max_seq_len %d cannot be compiled (set --weights to the "
+                        "tracr_weights folder)\n", g_program, script, program, max_seq_len);
+        return -1;
+    }
+    snprintf(n_text, sizeof n_text, "%d", max_seq_len);
+    progress("compiling %s at max_seq_len %d into %s", program, max_seq_len, out);
+    args[0] = "python3";
+    args[1] = script;
+    args[2] = (char *)program;
+    args[3] = "--max-seq-len";
+    args[4] = n_text;
+    args[5] = "-o";
+    args[6] = out;
+    args[7] = NULL;
+    status = run_process(args);
+    if (status != 0) {
+        fprintf(stderr, "%s: compiling %s at max_seq_len %d failed (python3 %s exited with status %d)\n",
+                g_program, program, max_seq_len, script, status);
+        return -1;
+    }
+    return 0;
+}
+
+/* Splits "a,b,c" into at most max numbers; returns the count or -1. */
+static int parse_number_list(const char *text, double *out, int max) {
+    int n = 0;
+    const char *p = text;
+    while (*p) {
+        char *end;
+        double v;
+        errno = 0;
+        v = strtod(p, &end);
+        if (end == p || errno || !isfinite(v) || n == max) return -1;
+        out[n++] = v;
+        if (*end == ',') end++;
+        else if (*end) return -1;
+        p = end;
+    }
+    return n;
+}
+
+/* Mean over the chains that did not diverge of (loss - init_loss), per draw. */
+static void mean_trace(const LlcResult *r, double *out) {
+    int c, d;
+    for (d = 0; d < r->draws; d++) {
+        double sum = 0.0;
+        int n = 0;
+        for (c = 0; c < r->chains; c++) {
+            double v = r->loss_trace[(size_t)c * r->draws + d];
+            if (r->diverged_step[c] >= 0 || !isfinite(v)) continue;
+            sum += v - r->init_loss;
+            n++;
+        }
+        out[d] = n ? sum / n : NAN;
+    }
+}
+
 /* llc info ---------------------------------------------------------------- */
 
 static int cmd_info(int argc, char **argv) {
@@ -3515,27 +3970,165 @@ static void write_trace_csv(FILE *f, const LlcResult *r, const SgldSettings *s) 
     }
 }
 
+/* Bytes an estimate needs: the model, then per parallel chain its
+ * parameters, gradient and activations, and the dataset. An estimate, used
+ * to refuse jobs that would not fit before they start. */
+static double estimate_memory_bytes(const ModelConfig *c, size_t n_params, size_t n_fixed, int chains, int threads,
+                                    int batch, int n_samples) {
+    double r = (double)sizeof(real), rows = (double)n_samples * (c->max_seq_len + 1);
+    int parallel = threads > 0 ? threads : cpu_count();
+    if (parallel > chains) parallel = chains;
+    return r * (double)(n_params + n_fixed)                                              /* model */
+           + parallel * (r * (2.0 * (double)n_params + (double)n_fixed)                  /* w, gradients */
+                         + (double)workspace_bytes(c, batch))                           /* activations */
+           + rows * (3 * sizeof(int) + 2 * r * c->n_outputs)                             /* dataset */
+           + 16e6;                                                                       /* program */
+}
+
+/* Memory available to a new job: MemAvailable of /proc/meminfo, else the
+ * free physical pages, else unlimited. */
+static double available_memory_bytes(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    if (f) {
+        while (fgets(line, sizeof line, f)) {
+            double kb;
+            if (sscanf(line, "MemAvailable: %lf kB", &kb) == 1) {
+                fclose(f);
+                return kb * 1024.0;
+            }
+        }
+        fclose(f);
+    }
+#ifdef _SC_AVPHYS_PAGES
+    {
+        long pages = sysconf(_SC_AVPHYS_PAGES), size = sysconf(_SC_PAGESIZE);
+        if (pages > 0 && size > 0) return (double)pages * (double)size;
+    }
+#endif
+    return INFINITY;
+}
+
+static const char *format_bytes(double bytes, char *out, size_t n) {
+    if (bytes >= 1e9) snprintf(out, n, "%.1f GB", bytes / 1e9);
+    else if (bytes >= 1e6) snprintf(out, n, "%.0f MB", bytes / 1e6);
+    else snprintf(out, n, "%.0f kB", bytes / 1e3);
+    return out;
+}
+
+static const char *format_seconds(double seconds, char *out, size_t n) {
+    if (seconds < 120) snprintf(out, n, "%.0f s", seconds);
+    else if (seconds < 7200) snprintf(out, n, "%.0f min", seconds / 60);
+    else snprintf(out, n, "%.1f h", seconds / 3600);
+    return out;
+}
+
+/* Parses a memory size such as 8G, 512M, 100k or 2e9 (bytes); -1 if invalid. */
+static double parse_bytes(const char *text) {
+    char *end;
+    double v = strtod(text, &end);
+    if (end == text || !isfinite(v) || v <= 0) return -1;
+    if (*end == 'k' || *end == 'K') v *= 1e3, end++;
+    else if (*end == 'M') v *= 1e6, end++;
+    else if (*end == 'G') v *= 1e9, end++;
+    else if (*end == 'T') v *= 1e12, end++;
+    if (*end == 'B') end++;
+    return *end ? -1 : v;
+}
+
+/* Multiply-adds per second of one thread on a mid-sized matmul: measured
+ * once, for the time estimates printed before jobs start. */
+static double measured_flops_per_second(void) {
+    static double rate = 0.0;
+    enum { M = 96, K = 256, N = 256 };
+    real *A, *B, *C;
+    double t0, elapsed;
+    int reps = 0;
+    if (rate > 0) return rate;
+    A = xcalloc(M * K, sizeof(real), "a benchmark");
+    B = xcalloc(K * N, sizeof(real), "a benchmark");
+    C = xcalloc(M * N, sizeof(real), "a benchmark");
+    A[0] = B[0] = 1;
+    t0 = now_seconds();
+    do {
+        matmul_nn(C, A, B, M, K, N, 0);
+        reps++;
+        elapsed = now_seconds() - t0;
+    } while (elapsed < 0.05);
+    rate = 2.0 * M * K * N * reps / elapsed;
+    free(A), free(B), free(C);
+    return rate;
+}
+
+/* Seconds an estimate takes, from the parameter count, the rows per batch
+ * and the measured matmul speed: a forward and a backward pass cost about
+ * 6 flops per parameter and token position. A rough guide, not a promise. */
+static double estimate_seconds(size_t n_params, const ModelConfig *c, const SgldSettings *s, int n_samples) {
+    int parallel = s->threads > 0 ? s->threads : cpu_count();
+    int batch = s->batch < n_samples ? s->batch : n_samples;
+    double steps = (double)s->chains * ((double)s->draws * s->every + s->burnin);
+    double flops = 6.0 * (double)n_params * batch * (c->max_seq_len + 1);
+    if (parallel > s->chains) parallel = s->chains;
+    return steps * flops / (measured_flops_per_second() * parallel);
+}
+
+/* The step size after --lr-scale: the base lr divided by (n_params /
+ * ref_params) for linear and by its square for quadratic. */
+static double scaled_lr(double base_lr, const char *lr_scale, size_t n_params, double ref_params) {
+    double ratio = (double)n_params / ref_params;
+    if (!strcmp(lr_scale, "linear")) return base_lr / ratio;
+    if (!strcmp(lr_scale, "quadratic")) return base_lr / (ratio * ratio);
+    return base_lr;
+}
+
+/* An LLC estimate as `llc estimate` runs it; llc sweep runs the same. */
 typedef struct {
-    const char *model_path, *teacher_path, *inputs_path, *loss;
+    const char *model_path, *teacher_path, *loss_arg, *inputs, *json_path, *trace_path;
     int n_samples;
+    SgldSettings s;            /* s.lr is the base step size, before lr_scale */
+    const char *lr_scale;      /* none, linear or quadratic */
+    double lr_ref_params;
+    double max_memory;         /* bytes; refuse jobs that need more */
+    int strict;                /* any diverged chain makes the job fail */
+    int summary;               /* print the summary on stdout */
+} EstimateRequest;
+
+static void estimate_request_defaults(EstimateRequest *q) {
+    memset(q, 0, sizeof *q);
+    sgld_defaults(&q->s);
+    q->loss_arg = "auto";
+    q->n_samples = 1024;
+    q->lr_scale = "none";
+    q->lr_ref_params = 1e4;
+    q->max_memory = 0;
+    q->summary = 1;
+}
+
+typedef struct {
+    const EstimateRequest *q;
     const Model *m;
     size_t n_nonzero;
+    const char *teacher_path, *loss;
+    double lr;                 /* after lr_scale */
+    double memory_bytes, estimated_seconds;
+    int n_samples;
 } EstimateInfo;
 
-static void write_estimate_json(FILE *f, const EstimateInfo *info, const SgldSettings *s,
-                                const LlcResult *r) {
+static void write_estimate_json(FILE *f, const EstimateInfo *info, const SgldSettings *s, const LlcResult *r) {
+    const EstimateRequest *q = info->q;
     Json j;
     int c, d;
     json_init(&j, f);
     j.inline_depth = 3;
     json_object(&j, NULL);
-    json_str(&j, "model", info->model_path);
+    json_str(&j, "model", q->model_path);
     json_str(&j, "program", model_meta(info->m, "program"));
     json_int(&j, "max_seq_len", info->m->cfg.max_seq_len);
     json_int(&j, "n_params", (long long)info->m->n_params);
     json_int(&j, "n_nonzero", (long long)info->n_nonzero);
     json_num(&j, "sparsity", model_sparsity(info->m, info->n_nonzero));
     json_str(&j, "loss", info->loss);
+    json_str(&j, "status", r->interrupted ? "incomplete" : r->n_diverged == r->chains ? "diverged" : "ok");
     json_bool(&j, "complete", !r->interrupted);
     json_num(&j, "llc_mean", r->llc_mean);
     json_num(&j, "llc_std", r->llc_std);
@@ -3556,9 +4149,14 @@ static void write_estimate_json(FILE *f, const EstimateInfo *info, const SgldSet
     }
     json_array_end(&j);
     json_num(&j, "unchanged_update_fraction", r->unchanged_fraction);
+    json_num(&j, "unchanged_update_fraction_nonzero", r->unchanged_fraction_nonzero);
+    json_num(&j, "memory_estimate_bytes", info->memory_bytes);
     json_num(&j, "seconds", r->seconds);
     json_object(&j, "settings");
-    json_num(&j, "lr", s->lr);
+    json_num(&j, "lr", info->lr);
+    json_num(&j, "base_lr", q->s.lr);
+    json_str(&j, "lr_scale", q->lr_scale);
+    json_num(&j, "lr_ref_params", q->lr_ref_params);
     json_num(&j, "nbeta", r->nbeta);
     json_num(&j, "localization", s->localization);
     json_int(&j, "chains", s->chains);
@@ -3568,7 +4166,7 @@ static void write_estimate_json(FILE *f, const EstimateInfo *info, const SgldSet
     json_int(&j, "batch", s->batch);
     json_int(&j, "samples", info->n_samples);
     json_int(&j, "seed", (long long)s->seed);
-    json_str(&j, "inputs", info->inputs_path);
+    json_str(&j, "inputs", q->inputs);
     json_str(&j, "teacher", info->teacher_path);
     json_str(&j, "precision", LLC_REAL_NAME);
     json_object_end(&j);
@@ -3580,6 +4178,164 @@ static void write_estimate_json(FILE *f, const EstimateInfo *info, const SgldSet
     }
     json_array_end(&j);
     json_object_end(&j);
+}
+
+/* Writes one output through a temporary file. An interrupted run writes to
+ * PATH.incomplete instead, so a finished PATH from an earlier run stays. */
+static int write_output(const char *path, int interrupted, void (*write)(FILE *, const void *), const void *ctx) {
+    AtomicFile af;
+    char *target = (char *)path;
+    int rc;
+    if (interrupted) {
+        size_t n = strlen(path) + 16;
+        target = xmalloc(n, "a path");
+        snprintf(target, n, "%s.incomplete", path);
+    }
+    rc = atomic_open(&af, target);
+    if (rc == 0) {
+        write(af.f, ctx);
+        rc = atomic_commit(&af);
+    }
+    if (rc == 0 && interrupted) warn("interrupted: partial results are in %s; %s is unchanged", target, path);
+    if (target != path) free(target);
+    return rc;
+}
+
+typedef struct {
+    const EstimateInfo *info;
+    const SgldSettings *s;
+    const LlcResult *r;
+} EstimateOutput;
+
+static void write_estimate_json_cb(FILE *f, const void *ctx) {
+    const EstimateOutput *o = ctx;
+    write_estimate_json(f, o->info, o->s, o->r);
+}
+
+static void write_trace_csv_cb(FILE *f, const void *ctx) {
+    const EstimateOutput *o = ctx;
+    write_trace_csv(f, o->r, o->s);
+}
+
+/* Runs an estimate request; returns the exit status (0, 1, or 130). */
+static int estimate_job(const EstimateRequest *q) {
+    SgldSettings s = q->s;
+    Model m, teacher;
+    ModelConfig cfg;
+    size_t n_params, n_fixed;
+    Dataset data;
+    ModelProblem mp;
+    LlcProblem problem;
+    LlcResult r;
+    LossKind loss;
+    EstimateInfo info;
+    EstimateOutput out;
+    Rng rng;
+    int has_teacher, status = 0, i;
+    char bytes_text[32], limit_text[32], time_text[32];
+
+    /* size first: refuse what does not fit before allocating it */
+    if (model_peek(q->model_path, &cfg, &n_params, &n_fixed) != 0) return 1;
+    memset(&info, 0, sizeof info);
+    info.q = q;
+    info.memory_bytes = estimate_memory_bytes(&cfg, n_params, n_fixed, s.chains, s.threads, s.batch, q->n_samples);
+    if (info.memory_bytes > q->max_memory) {
+        fprintf(stderr, "%s: %s needs about %s of memory, more than the limit of %s (--max-memory); use fewer "
+                        "--threads or --samples, or raise --max-memory\n", g_program, q->model_path,
+                format_bytes(info.memory_bytes, bytes_text, sizeof bytes_text),
+                format_bytes(q->max_memory, limit_text, sizeof limit_text));
+        return 1;
+    }
+
+    load_model_or_exit(&m, q->model_path);
+    has_teacher = load_teacher(&teacher, &m, q->model_path, q->teacher_path);
+    loss = resolve_loss(q->loss_arg, &m, has_teacher, "estimate");
+    s.lr = info.lr = scaled_lr(q->s.lr, q->lr_scale, m.n_params, q->lr_ref_params);
+    s.nbeta = q->s.nbeta;
+    if (s.batch <= 1 && s.nbeta == 0) warn("batch size 1 gives the default nbeta 1 (B / ln B is undefined)");
+
+    /* dataset: random full-length inputs, or the file; labelled by the reference */
+    rng_seed(&rng, s.seed);
+    info.n_samples = q->n_samples;
+    if (q->inputs) {
+        if (dataset_read(&data, &m, q->inputs) != 0) return 1;
+        info.n_samples = data.n;
+    } else {
+        dataset_random(&data, &m.cfg, q->n_samples, &rng);
+    }
+    dataset_label(&data, has_teacher ? &teacher : &m, s.batch < data.n ? s.batch : data.n);
+
+    mp.m = &m;
+    mp.data = &data;
+    mp.loss = loss;
+    mp.max_batch = s.batch < data.n ? s.batch : data.n;
+    problem = model_problem(&mp);
+    info.estimated_seconds = estimate_seconds(m.n_params, &m.cfg, &s, data.n);
+    progress("%s: %zu parameters, loss %s, %d chains x %d draws, lr %g; needs about %s of memory and %s",
+             q->model_path, m.n_params, loss_name(loss), s.chains, s.draws, s.lr,
+             format_bytes(info.memory_bytes, bytes_text, sizeof bytes_text),
+             format_seconds(info.estimated_seconds, time_text, sizeof time_text));
+
+    install_sigint_handler();
+    if (llc_estimate(&problem, &s, &r) != 0) die("invalid SGLD settings");
+    info.m = &m;
+    info.teacher_path = NULL;
+    if (has_teacher) info.teacher_path = q->teacher_path ? q->teacher_path : model_meta(&m, "teacher");
+    info.loss = loss_name(loss);
+    info.n_nonzero = model_count_nonzero(&m);
+
+    if (q->summary) {
+        printf("model        %s (%s, max_seq_len %d)\n", q->model_path, model_program(&m), m.cfg.max_seq_len);
+        printf("n_params     %zu (%zu non-zero, sparsity %.6g)\n", m.n_params, info.n_nonzero,
+               model_sparsity(&m, info.n_nonzero));
+        printf("loss         %s on %d %s\n", info.loss, data.n, q->inputs ? "input sequences" : "random inputs");
+        printf("sgld         lr %g%s, nbeta %g%s, localization %g, batch %d\n", s.lr,
+               strcmp(q->lr_scale, "none") ? " (scaled)" : "", r.nbeta, s.nbeta > 0 ? "" : " (batch / ln batch)",
+               s.localization, s.batch);
+        printf("chains       %d x %d draws, burn-in %d, every %d, seed %llu\n", s.chains, s.draws, s.burnin, s.every,
+               (unsigned long long)s.seed);
+        printf("init_loss    %.9g\n", r.init_loss);
+        printf("llc_mean     %.6g\n", r.llc_mean);
+        printf("llc_std      %.6g\n", r.llc_std);
+        printf("llc_chains  ");
+        for (i = 0; i < r.chains; i++) printf(" %.6g", r.llc_chain[i]);
+        printf("\n");
+        if (r.n_diverged) {
+            printf("diverged     %d of %d chains, left out of llc_mean:", r.n_diverged, r.chains);
+            for (i = 0; i < r.chains; i++)
+                if (r.diverged_step[i] >= 0)
+                    printf(" chain %d at step %d (draw %d)", i, r.diverged_step[i], r.diverged_draw[i]);
+            printf("\n");
+        }
+        printf("time         %.2f s\n", r.seconds);
+    }
+    for (i = 0; i < r.chains; i++)
+        if (r.diverged_step[i] >= 0)
+            warn("chain %d diverged: non-finite loss or gradient at step %d (draw %d); it is left out of llc_mean",
+                 i, r.diverged_step[i], r.diverged_draw[i]);
+    if (r.n_diverged == r.chains) warn("every chain diverged, so there is no estimate; try a smaller --lr");
+    if (r.unchanged_fraction_nonzero > 0.5)
+        warn("%.0f %% of the updates of parameters that are non-zero at w* rounded to no change in %s (lr %g is "
+             "below their precision); the float64 build llc64 (make DOUBLE=1) resolves them",
+             100 * r.unchanged_fraction_nonzero, LLC_REAL_NAME, s.lr);
+
+    out.info = &info;
+    out.s = &s;
+    out.r = &r;
+    if (q->json_path && write_output(q->json_path, r.interrupted, write_estimate_json_cb, &out) != 0) status = 1;
+    if (q->trace_path && write_output(q->trace_path, r.interrupted, write_trace_csv_cb, &out) != 0) status = 1;
+    if (status == 0 && r.n_diverged == r.chains) status = 1;
+    if (status == 0 && q->strict && r.n_diverged > 0) {
+        fprintf(stderr, "%s: %d of %d chains diverged and --strict is set\n", g_program, r.n_diverged, r.chains);
+        status = 1;
+    }
+    if (r.interrupted) status = 130;
+
+    llc_result_free(&r);
+    dataset_free(&data);
+    if (has_teacher) model_free(&teacher);
+    model_free(&m);
+    return status;
 }
 
 static int cmd_estimate(int argc, char **argv) {
@@ -3596,153 +4352,42 @@ static int cmd_estimate(int argc, char **argv) {
         "  kl   KL(reference || model) of the output distributions\n"
         "  auto kl for a student with a teacher, mse for a numerical output, else ce\n"
         "The reference is the teacher when one is given or recorded in MODEL, else MODEL\n"
-        "itself at w*. Inputs are random full-length sequences unless --inputs is given.\n"};
-    SgldSettings s;
-    int n_samples = 1024, quiet = 0, has_teacher, i;
-    const char *loss_arg = "auto", *teacher_arg = NULL, *inputs = NULL, *json_path = NULL,
-               *trace_path = NULL;
+        "itself at w*. Inputs are random full-length sequences unless --inputs is given.\n"
+        "--lr-scale divides --lr by n_params / --lr-ref-params (linear) or by its square\n"
+        "(quadratic). Before starting, the memory need is estimated and a job above\n"
+        "--max-memory (default: the available memory) is refused. An interrupted run (Ctrl-C)\n"
+        "writes its partial results to FILE.incomplete and exits with status 130.\n"};
+    EstimateRequest q;
     double nbeta = NAN;
+    const char *max_memory = NULL;
+    int quiet = 0;
     Option opts[] = {
-        {"--lr", OPT_REAL, &s.lr, 0, INFINITY, 1, "EPS", "SGLD step size epsilon", NULL},
-        {"--nbeta", OPT_REAL, &nbeta, 0, INFINITY, 1, "NB",
-         "inverse temperature n*beta (default batch / ln(batch))", NULL},
-        {"--localization", OPT_REAL, &s.localization, 0, INFINITY, 0, "G",
-         "strength gamma of the pull towards w*", NULL},
-        {"--chains", OPT_INT, &s.chains, 1, 100000, 0, "N", "independent SGLD chains", NULL},
-        {"--draws", OPT_INT, &s.draws, 1, 1e8, 0, "N", "recorded draws per chain", NULL},
-        {"--burnin", OPT_INT, &s.burnin, 0, 1e9, 0, "N", "steps before the first draw", NULL},
-        {"--every", OPT_INT, &s.every, 1, 1e6, 0, "N", "steps between draws", NULL},
-        {"--batch", OPT_INT, &s.batch, 1, 1e6, 0, "N", "sequences per minibatch", NULL},
-        {"--samples", OPT_INT, &n_samples, 1, 1e8, 0, "N", "random input sequences", NULL},
-        {"--seed", OPT_U64, &s.seed, 0, 0, 0, "N", "seed of the inputs and the SGLD noise", NULL},
-        {"--loss", OPT_STRING, &loss_arg, 0, 0, 0, "NAME", "loss: auto, ce, mse or kl", "auto|ce|mse|kl"},
-        {"--teacher", OPT_STRING, &teacher_arg, 0, 0, 0, "FILE",
-         "reference model for labels and the KL loss", NULL},
-        {"--inputs", OPT_STRING, &inputs, 0, 0, 0, "FILE",
-         "input sequences, one per line (optionally \"| labels\")", NULL},
-        {"--json", OPT_STRING, &json_path, 0, 0, 0, "FILE", "write the results as JSON", NULL},
-        {"--trace", OPT_STRING, &trace_path, 0, 0, 0, "FILE", "write the loss traces as CSV", NULL},
-        {"--threads", OPT_INT, &s.threads, 0, 4096, 0, "N", "worker threads, 0 = one per core", NULL},
+        SGLD_OPTIONS(q.s, nbeta, q.n_samples),
+        {"--loss", OPT_STRING, &q.loss_arg, 0, 0, 0, "NAME", "loss: auto, ce, mse or kl", "auto|ce|mse|kl"},
+        {"--teacher", OPT_STRING, &q.teacher_path, 0, 0, 0, "FILE", "reference model for labels and the KL loss",
+         NULL},
+        {"--inputs", OPT_STRING, &q.inputs, 0, 0, 0, "FILE", "input sequences, one per line (optionally \"| labels\")",
+         NULL},
+        {"--lr-scale", OPT_STRING, &q.lr_scale, 0, 0, 0, "KIND", "divide --lr by the relative model size",
+         "none|linear|quadratic"},
+        {"--lr-ref-params", OPT_REAL, &q.lr_ref_params, 0, INFINITY, 1, "N", "reference size of --lr-scale", NULL},
+        {"--max-memory", OPT_STRING, &max_memory, 0, 0, 0, "BYTES", "refuse jobs needing more (e.g. 8G; default: "
+         "available memory)", NULL},
+        {"--strict", OPT_FLAG, &q.strict, 0, 0, 0, NULL, "fail (exit status 1) when any chain diverges", NULL},
+        {"--json", OPT_STRING, &q.json_path, 0, 0, 0, "FILE", "write the results as JSON", NULL},
+        {"--trace", OPT_STRING, &q.trace_path, 0, 0, 0, "FILE", "write the loss traces as CSV", NULL},
         {"--quiet", OPT_FLAG, &quiet, 0, 0, 0, NULL, "no progress messages", NULL},
         {NULL, OPT_FLAG, NULL, 0, 0, 0, NULL, NULL, NULL}};
     char *pos[1];
-    Model m, teacher;
-    Dataset data;
-    ModelProblem mp;
-    LlcProblem problem;
-    LlcResult r;
-    LossKind loss;
-    EstimateInfo info;
-    Rng rng;
-    int status = 0;
 
-    memset(&s, 0, sizeof s);
-    s.lr = 1e-5;
-    s.noise_level = 1.0;
-    s.chains = 5;
-    s.draws = 100;
-    s.every = 1;
-    s.batch = 32;
-    s.shuffle = 1;
-    s.seed = 1;
+    estimate_request_defaults(&q);
     parse_args(&cmd, opts, argc, argv, pos);
     g_quiet = quiet;
-    s.nbeta = isfinite(nbeta) ? nbeta : 0.0;
-
-    load_model_or_exit(&m, pos[0]);
-    has_teacher = load_teacher(&teacher, &m, pos[0], teacher_arg);
-    loss = resolve_loss(loss_arg, &m, has_teacher, "estimate");
-    if (s.batch <= 1 && s.nbeta == 0) warn("batch size 1 gives the default nbeta 1 (B / ln B is undefined)");
-
-    /* Dataset: random full-length inputs, or the file; labelled by the reference. */
-    rng_seed(&rng, s.seed);
-    if (inputs) {
-        if (dataset_read(&data, &m, inputs) != 0) return 1;
-        n_samples = data.n;
-    } else {
-        dataset_random(&data, &m.cfg, n_samples, &rng);
-    }
-    dataset_label(&data, has_teacher ? &teacher : &m, s.batch < data.n ? s.batch : data.n);
-    if (loss == LOSS_CE && data.labels_from_file == 0 && m.cfg.output_kind == OUTPUT_NUMERICAL)
-        die("internal error: cross-entropy on a numerical output");
-
-    mp.m = &m;
-    mp.data = &data;
-    mp.loss = loss;
-    mp.max_batch = s.batch < data.n ? s.batch : data.n;
-    problem = model_problem(&mp);
-    progress("%s: %zu parameters, loss %s, %d chains x %d draws, lr %g", pos[0], m.n_params,
-             loss_name(loss), s.chains, s.draws, s.lr);
-
-    install_sigint_handler();
-    if (llc_estimate(&problem, &s, &r) != 0) die("invalid SGLD settings");
-
-    info.model_path = pos[0];
-    info.teacher_path = NULL;
-    if (has_teacher) info.teacher_path = teacher_arg ? teacher_arg : model_meta(&m, "teacher");
-    info.inputs_path = inputs;
-    info.loss = loss_name(loss);
-    info.n_samples = n_samples;
-    info.m = &m;
-    info.n_nonzero = model_count_nonzero(&m);
-
-    /* Summary on stdout. */
-    printf("model        %s (%s, max_seq_len %d)\n", pos[0], model_program(&m), m.cfg.max_seq_len);
-    printf("n_params     %zu (%zu non-zero, sparsity %.6g)\n", m.n_params, info.n_nonzero,
-           model_sparsity(&m, info.n_nonzero));
-    printf("loss         %s on %d %s\n", info.loss, n_samples, inputs ? "input sequences" : "random inputs");
-    printf("sgld         lr %g, nbeta %g%s, localization %g, batch %d\n", s.lr, r.nbeta,
-           s.nbeta > 0 ? "" : " (batch / ln batch)", s.localization, s.batch);
-    printf("chains       %d x %d draws, burn-in %d, every %d, seed %llu\n", s.chains, s.draws, s.burnin,
-           s.every, (unsigned long long)s.seed);
-    printf("init_loss    %.9g\n", r.init_loss);
-    printf("llc_mean     %.6g\n", r.llc_mean);
-    printf("llc_std      %.6g\n", r.llc_std);
-    printf("llc_chains  ");
-    for (i = 0; i < r.chains; i++) printf(" %.6g", r.llc_chain[i]);
-    printf("\n");
-    if (r.n_diverged) {
-        printf("diverged     %d of %d chains, left out of llc_mean:", r.n_diverged, r.chains);
-        for (i = 0; i < r.chains; i++)
-            if (r.diverged_step[i] >= 0)
-                printf(" chain %d at step %d (draw %d)", i, r.diverged_step[i], r.diverged_draw[i]);
-        printf("\n");
-    }
-    printf("time         %.2f s\n", r.seconds);
-    for (i = 0; i < r.chains; i++)
-        if (r.diverged_step[i] >= 0)
-            warn("chain %d diverged: non-finite loss or gradient at step %d (draw %d); it is left out "
-                 "of llc_mean", i, r.diverged_step[i], r.diverged_draw[i]);
-    if (r.n_diverged == r.chains) warn("every chain diverged, so there is no estimate; try a smaller --lr");
-    if (r.interrupted) warn("interrupted: the results cover the draws finished so far and are marked incomplete");
-
-    /* Files. */
-    if (json_path) {
-        AtomicFile af;
-        if (atomic_open(&af, json_path) == 0) {
-            write_estimate_json(af.f, &info, &s, &r);
-            if (atomic_commit(&af) != 0) status = 1;
-        } else {
-            status = 1;
-        }
-    }
-    if (trace_path) {
-        AtomicFile af;
-        if (atomic_open(&af, trace_path) == 0) {
-            write_trace_csv(af.f, &r, &s);
-            if (atomic_commit(&af) != 0) status = 1;
-        } else {
-            status = 1;
-        }
-    }
-    if (status == 0 && r.n_diverged == r.chains) status = 1;
-    if (r.interrupted) status = 130;
-
-    llc_result_free(&r);
-    dataset_free(&data);
-    if (has_teacher) model_free(&teacher);
-    model_free(&m);
-    return status;
+    q.model_path = pos[0];
+    q.s.nbeta = isfinite(nbeta) ? nbeta : 0.0;
+    q.max_memory = max_memory ? parse_bytes(max_memory) : available_memory_bytes();
+    if (q.max_memory <= 0) usage_error(&cmd, "--max-memory must be a size such as 8G or 512M, got \"%s\"", max_memory);
+    return estimate_job(&q);
 }
 
 /* llc diff ---------------------------------------------------------------- */
@@ -3991,191 +4636,6 @@ static int cmd_distill(int argc, char **argv) {
     model_free(&teacher);
     model_free(&student);
     return status;
-}
-
-/* Shared pieces of the commands that run many estimates -------------------- */
-
-/* The SGLD options of every command that estimates an LLC. */
-#define SGLD_OPTIONS(s, nbeta, n_samples)                                                          \
-    {"--lr", OPT_REAL, &(s).lr, 0, INFINITY, 1, "EPS", "SGLD step size epsilon", NULL},             \
-    {"--nbeta", OPT_REAL, &(nbeta), 0, INFINITY, 1, "NB",                                          \
-     "inverse temperature n*beta (default batch / ln(batch))", NULL},                              \
-    {"--localization", OPT_REAL, &(s).localization, 0, INFINITY, 0, "G",                           \
-     "strength gamma of the pull towards w*", NULL},                                               \
-    {"--chains", OPT_INT, &(s).chains, 1, 100000, 0, "N", "independent SGLD chains", NULL},         \
-    {"--draws", OPT_INT, &(s).draws, 1, 1e8, 0, "N", "recorded draws per chain", NULL},             \
-    {"--burnin", OPT_INT, &(s).burnin, 0, 1e9, 0, "N", "steps before the first draw", NULL},        \
-    {"--every", OPT_INT, &(s).every, 1, 1e6, 0, "N", "steps between draws", NULL},                  \
-    {"--batch", OPT_INT, &(s).batch, 1, 1e6, 0, "N", "sequences per minibatch", NULL},              \
-    {"--samples", OPT_INT, &(n_samples), 1, 1e8, 0, "N", "random input sequences", NULL},           \
-    {"--seed", OPT_U64, &(s).seed, 0, 0, 0, "N", "seed of the inputs and the SGLD noise", NULL},    \
-    {"--threads", OPT_INT, &(s).threads, 0, 4096, 0, "N", "worker threads, 0 = one per core", NULL}
-
-static void sgld_defaults(SgldSettings *s) {
-    memset(s, 0, sizeof *s);
-    s->lr = 1e-5;
-    s->noise_level = 1.0;
-    s->chains = 5;
-    s->draws = 100;
-    s->every = 1;
-    s->batch = 32;
-    s->shuffle = 1;
-    s->seed = 1;
-}
-
-/* Estimates the LLC of m on n_samples random full-length inputs (from the
- * settings' seed) labelled by ref: the teacher, or m itself. */
-static void estimate_on_random_inputs(const Model *m, const Model *ref, LossKind loss, const SgldSettings *s,
-                                      int n_samples, LlcResult *r) {
-    Dataset d;
-    ModelProblem mp;
-    LlcProblem p;
-    Rng rng;
-    rng_seed(&rng, s->seed);
-    dataset_random(&d, &m->cfg, n_samples, &rng);
-    dataset_label(&d, ref, s->batch < n_samples ? s->batch : n_samples);
-    mp.m = m;
-    mp.data = &d;
-    mp.loss = loss;
-    mp.max_batch = s->batch < n_samples ? s->batch : n_samples;
-    p = model_problem(&mp);
-    if (llc_estimate(&p, s, r) != 0) die("invalid SGLD settings");
-    dataset_free(&d);
-}
-
-static int file_exists(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
-}
-
-static int dir_exists(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-static int make_dir(const char *path) {
-    if (dir_exists(path)) return 0;
-    if (mkdir(path, 0777) != 0) {
-        fprintf(stderr, "%s: cannot create the folder %s: %s\n", g_program, path, strerror(errno));
-        return -1;
-    }
-    return 0;
-}
-
-/* The folder of shipped models and compile.py: --weights, else
- * tracr_weights beside the llc executable, else ./tracr_weights. */
-static const char *weights_dir(const char *given) {
-    static char found[4200];
-    char exe[4096];
-    ssize_t n;
-    if (given) return given;
-    n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n > 0) {
-        char *slash;
-        exe[n] = 0;
-        slash = strrchr(exe, '/');
-        if (slash) {
-            *slash = 0;
-            snprintf(found, sizeof found, "%s/tracr_weights", exe);
-            if (dir_exists(found)) return found;
-        }
-    }
-    return "tracr_weights";
-}
-
-static const char *const tracr_programs[] = {"length", "frac_prevs", "sort", "sort_unique", "hist",
-                                             "sort_freq", "pair_balance", "dyck-2", "dyck-3"};
-
-static int is_tracr_program(const char *name) {
-    size_t i;
-    for (i = 0; i < sizeof tracr_programs / sizeof tracr_programs[0]; i++)
-        if (!strcmp(tracr_programs[i], name)) return 1;
-    return 0;
-}
-
-/* Runs argv[0] with its arguments (no shell) and returns its exit status. */
-static int run_process(char *const argv[]) {
-    pid_t pid = fork();
-    int status;
-    if (pid < 0) return -1;
-    if (pid == 0) {
-        execvp(argv[0], argv);
-        fprintf(stderr, "%s: cannot run %s: %s\n", g_program, argv[0], strerror(errno));
-        _exit(127);
-    }
-    if (waitpid(pid, &status, 0) < 0) return -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-/* Finds PROGRAM at max_seq_len among the shipped models, else in cache_dir,
- * else compiles it into cache_dir with tracr_weights/compile.py. Stores the
- * path in out (out_size bytes) and returns 0, or -1 after a message. */
-static int find_or_compile_model(const char *program, int max_seq_len, const char *weights, const char *cache_dir,
-                                 char *out, size_t out_size) {
-    char script[4096], n_text[32];
-    char *args[8];
-    int status;
-    snprintf(out, out_size, "%s/%s_n%d.llcw", weights, program, max_seq_len);
-    if (file_exists(out)) return 0;
-    snprintf(out, out_size, "%s/%s_n%d.llcw", cache_dir, program, max_seq_len);
-    if (file_exists(out)) return 0;
-    snprintf(script, sizeof script, "%s/compile.py", weights);
-    if (!file_exists(script)) {
-        fprintf(stderr, "%s: %s not found, so %s at max_seq_len %d cannot be compiled (set --weights to the "
-                        "tracr_weights folder)\n", g_program, script, program, max_seq_len);
-        return -1;
-    }
-    snprintf(n_text, sizeof n_text, "%d", max_seq_len);
-    progress("compiling %s at max_seq_len %d into %s", program, max_seq_len, out);
-    args[0] = "python3";
-    args[1] = script;
-    args[2] = (char *)program;
-    args[3] = "--max-seq-len";
-    args[4] = n_text;
-    args[5] = "-o";
-    args[6] = out;
-    args[7] = NULL;
-    status = run_process(args);
-    if (status != 0) {
-        fprintf(stderr, "%s: compiling %s at max_seq_len %d failed (python3 %s exited with status %d)\n",
-                g_program, program, max_seq_len, script, status);
-        return -1;
-    }
-    return 0;
-}
-
-/* Splits "a,b,c" into at most max numbers; returns the count or -1. */
-static int parse_number_list(const char *text, double *out, int max) {
-    int n = 0;
-    const char *p = text;
-    while (*p) {
-        char *end;
-        double v;
-        errno = 0;
-        v = strtod(p, &end);
-        if (end == p || errno || !isfinite(v) || n == max) return -1;
-        out[n++] = v;
-        if (*end == ',') end++;
-        else if (*end) return -1;
-        p = end;
-    }
-    return n;
-}
-
-/* Mean over the chains that did not diverge of (loss - init_loss), per draw. */
-static void mean_trace(const LlcResult *r, double *out) {
-    int c, d;
-    for (d = 0; d < r->draws; d++) {
-        double sum = 0.0;
-        int n = 0;
-        for (c = 0; c < r->chains; c++) {
-            double v = r->loss_trace[(size_t)c * r->draws + d];
-            if (r->diverged_step[c] >= 0 || !isfinite(v)) continue;
-            sum += v - r->init_loss;
-            n++;
-        }
-        out[d] = n ? sum / n : NAN;
-    }
 }
 
 /* llc study-distill --------------------------------------------------------- */
@@ -4603,6 +5063,713 @@ static int cmd_landscape(int argc, char **argv) {
     return status;
 }
 
+/* llc sweep, collect and plot ---------------------------------------------- */
+
+/* Runs argv[0] (no shell) and returns its standard output, NUL-terminated,
+ * or NULL when it cannot run or exits with a non-zero status. */
+static char *run_process_output(char *const argv[]) {
+    int fds[2], status;
+    pid_t pid;
+    char *buf = NULL;
+    size_t n = 0, cap = 0;
+    if (pipe(fds) != 0) return NULL;
+    pid = fork();
+    if (pid < 0) {
+        close(fds[0]);
+        close(fds[1]);
+        return NULL;
+    }
+    if (pid == 0) {
+        close(fds[0]);
+        dup2(fds[1], 1);
+        close(fds[1]);
+        execvp(argv[0], argv);
+        _exit(127);
+    }
+    close(fds[1]);
+    for (;;) {
+        ssize_t got;
+        if (n + 4096 + 1 > cap) {
+            cap = cap ? 2 * cap : 8192;
+            buf = realloc(buf, cap);
+            if (!buf) die("out of memory reading the output of %s", argv[0]);
+        }
+        got = read(fds[0], buf + n, cap - n - 1);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) break;
+        n += (size_t)got;
+    }
+    close(fds[0]);
+    buf[n] = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+typedef struct {
+    const char *program;
+    int max_seq_len;
+    double base_lr;
+    char name[128];          /* PROGRAM_nN_lrLR[_SCALE], the job's file name without .json */
+} SweepJob;
+
+/* The sizes a job needs before its model exists: from the model file when
+ * there is one, else from compile.py --sizes (which builds nothing). */
+typedef struct {
+    ModelConfig cfg;
+    size_t n_params, n_fixed;
+    double n_nonzero;        /* NaN when unknown */
+} JobSizes;
+
+static int job_sizes(const char *program, int max_seq_len, const char *weights, const char *cache_dir, JobSizes *z) {
+    char path[8300], script[4200], n_text[32], *args[8], *text;
+    JsonValue v;
+    const char *error = NULL;
+    memset(z, 0, sizeof *z);
+    z->n_nonzero = NAN;
+    snprintf(path, sizeof path, "%s/%s_n%d.llcw", weights, program, max_seq_len);
+    if (!file_exists(path)) snprintf(path, sizeof path, "%s/%s_n%d.llcw", cache_dir, program, max_seq_len);
+    if (file_exists(path)) return model_peek(path, &z->cfg, &z->n_params, &z->n_fixed);
+
+    snprintf(script, sizeof script, "%s/compile.py", weights);
+    snprintf(n_text, sizeof n_text, "%d", max_seq_len);
+    args[0] = "python3";
+    args[1] = script;
+    args[2] = (char *)program;
+    args[3] = "--max-seq-len";
+    args[4] = n_text;
+    args[5] = "--sizes";
+    args[6] = "--json";
+    args[7] = NULL;
+    text = run_process_output(args);
+    if (!text || json_parse(text, strlen(text), &v, &error) != 0) {
+        fprintf(stderr, "%s: cannot get the sizes of %s at max_seq_len %d from python3 %s --sizes\n", g_program,
+                program, max_seq_len, script);
+        free(text);
+        return -1;
+    }
+    z->cfg.d_model = (int)json_number(&v, "d_model", 1);
+    z->cfg.n_layers = (int)json_number(&v, "n_layers", 1);
+    z->cfg.n_heads = (int)json_number(&v, "n_heads", 1);
+    z->cfg.d_head = (int)json_number(&v, "d_head", 1);
+    z->cfg.d_mlp = (int)json_number(&v, "d_mlp", 1);
+    z->cfg.max_seq_len = max_seq_len;
+    /* embeddings are (vocab + max_seq_len + 1) x d_model; the outputs are at most d_model */
+    z->cfg.n_vocab = (int)(json_number(&v, "embed_params", 0) / z->cfg.d_model) - max_seq_len - 1;
+    z->cfg.n_outputs = z->cfg.d_model;
+    z->n_params = (size_t)json_number(&v, "total_params", 0);
+    z->n_nonzero = json_number(&v, "nonzero_params", NAN);
+    json_value_free(&v);
+    free(text);
+    return 0;
+}
+
+/* Writes the JSON of a job refused up front, with the same fields as an
+ * estimate's so that llc collect makes the same row of it. */
+static int write_skipped_job(const char *path, const SweepJob *job, const EstimateRequest *q, const JobSizes *z,
+                             double memory, const char *status) {
+    AtomicFile af;
+    Json j;
+    if (atomic_open(&af, path) != 0) return -1;
+    json_init(&j, af.f);
+    json_object(&j, NULL);
+    json_str(&j, "model", NULL);
+    json_str(&j, "program", job->program);
+    json_int(&j, "max_seq_len", job->max_seq_len);
+    json_int(&j, "n_params", (long long)z->n_params);
+    json_num(&j, "n_nonzero", z->n_nonzero);
+    json_num(&j, "sparsity", z->n_params ? z->n_nonzero / (double)z->n_params : NAN);
+    json_str(&j, "status", status);
+    json_bool(&j, "complete", 1);
+    json_num(&j, "llc_mean", NAN);
+    json_num(&j, "llc_std", NAN);
+    json_num(&j, "init_loss", NAN);
+    json_array(&j, "diverged_chains");
+    json_array_end(&j);
+    json_num(&j, "memory_estimate_bytes", memory);
+    json_num(&j, "seconds", 0);
+    json_object(&j, "settings");
+    json_num(&j, "lr", scaled_lr(job->base_lr, q->lr_scale, z->n_params, q->lr_ref_params));
+    json_num(&j, "base_lr", job->base_lr);
+    json_str(&j, "lr_scale", q->lr_scale);
+    json_num(&j, "lr_ref_params", q->lr_ref_params);
+    json_num(&j, "nbeta", q->s.nbeta > 0 ? q->s.nbeta : sgld_default_nbeta(q->s.batch));
+    json_int(&j, "chains", q->s.chains);
+    json_int(&j, "draws", q->s.draws);
+    json_int(&j, "seed", (long long)q->s.seed);
+    json_object_end(&j);
+    json_object_end(&j);
+    return atomic_commit(&af);
+}
+
+/* Returns 1 when PATH holds the finished result of a job. */
+static int job_finished(const char *path) {
+    size_t len;
+    char *text = read_file(path, &len);
+    JsonValue v;
+    const char *error;
+    const JsonValue *complete;
+    int done = 0;
+    if (!text) return 0;
+    if (json_parse(text, len, &v, &error) == 0) {
+        complete = json_get(&v, "complete");
+        done = complete && complete->type == JSON_BOOL && complete->number == 1;
+        json_value_free(&v);
+    }
+    free(text);
+    return done;
+}
+
+typedef struct {
+    char program[64];
+    int max_seq_len;
+    double n_params, n_nonzero, sparsity, lr, base_lr, nbeta, chains, draws, llc_mean, llc_std, diverged, init_loss,
+        seconds, seed;
+    char lr_scale[16];
+    char status[160];
+} ResultRow;
+
+static int compare_rows(const void *pa, const void *pb) {
+    const ResultRow *a = pa, *b = pb;
+    int c = strcmp(a->program, b->program);
+    if (c) return c;
+    if (a->max_seq_len != b->max_seq_len) return a->max_seq_len < b->max_seq_len ? -1 : 1;
+    c = strcmp(a->lr_scale, b->lr_scale);
+    if (c) return c;
+    return a->base_lr < b->base_lr ? 1 : a->base_lr > b->base_lr ? -1 : 0;
+}
+
+static void csv_number(FILE *f, double v, const char *format) {
+    if (isfinite(v)) fprintf(f, format, v);
+}
+
+/* Merges the .json files of DIR/jobs into DIR/results.csv; returns the
+ * number of rows, or -1. Files that do not parse are reported and left out. */
+static int collect_results(const char *dir, int *n_bad) {
+    char jobs_dir[4200], path[4400];
+    DIR *d;
+    struct dirent *e;
+    ResultRow *rows = NULL;
+    int n = 0, cap = 0, i;
+    AtomicFile af;
+    *n_bad = 0;
+    snprintf(jobs_dir, sizeof jobs_dir, "%s/jobs", dir);
+    d = opendir(jobs_dir);
+    if (!d) {
+        fprintf(stderr, "%s: cannot read the folder %s: %s\n", g_program, jobs_dir, strerror(errno));
+        return -1;
+    }
+    while ((e = readdir(d)) != NULL) {
+        size_t len = strlen(e->d_name), text_len;
+        char *text;
+        JsonValue v;
+        const char *error = "unreadable";
+        const JsonValue *settings, *diverged;
+        ResultRow *r;
+        if (len < 6 || strcmp(e->d_name + len - 5, ".json") != 0 || e->d_name[0] == '.') continue;
+        snprintf(path, sizeof path, "%s/%s", jobs_dir, e->d_name);
+        text = read_file(path, &text_len);
+        if (!text || json_parse(text, text_len, &v, &error) != 0) {
+            warn("%s is not valid JSON (%s); it is left out", path, error);
+            free(text);
+            (*n_bad)++;
+            continue;
+        }
+        free(text);
+        if (n == cap) {
+            cap = cap ? 2 * cap : 64;
+            rows = realloc(rows, (size_t)cap * sizeof *rows);
+            if (!rows) die("out of memory collecting results");
+        }
+        r = &rows[n++];
+        memset(r, 0, sizeof *r);
+        settings = json_get(&v, "settings");
+        diverged = json_get(&v, "diverged_chains");
+        snprintf(r->program, sizeof r->program, "%s", json_string(&v, "program") ? json_string(&v, "program") : "");
+        r->max_seq_len = (int)json_number(&v, "max_seq_len", 0);
+        r->n_params = json_number(&v, "n_params", NAN);
+        r->n_nonzero = json_number(&v, "n_nonzero", NAN);
+        r->sparsity = json_number(&v, "sparsity", NAN);
+        r->lr = json_number(settings, "lr", NAN);
+        r->base_lr = json_number(settings, "base_lr", r->lr);
+        snprintf(r->lr_scale, sizeof r->lr_scale, "%s",
+                 json_string(settings, "lr_scale") ? json_string(settings, "lr_scale") : "none");
+        r->nbeta = json_number(settings, "nbeta", NAN);
+        r->chains = json_number(settings, "chains", NAN);
+        r->draws = json_number(settings, "draws", NAN);
+        r->seed = json_number(settings, "seed", NAN);
+        r->llc_mean = json_number(&v, "llc_mean", NAN);
+        r->llc_std = json_number(&v, "llc_std", NAN);
+        r->init_loss = json_number(&v, "init_loss", NAN);
+        r->seconds = json_number(&v, "seconds", NAN);
+        r->diverged = diverged && diverged->type == JSON_ARRAY ? diverged->n : 0;
+        snprintf(r->status, sizeof r->status, "%s", json_string(&v, "status") ? json_string(&v, "status") : "ok");
+        for (i = 0; r->status[i]; i++)
+            if (r->status[i] == ',' || r->status[i] == '\n') r->status[i] = ';';
+        json_value_free(&v);
+    }
+    closedir(d);
+    qsort(rows, (size_t)n, sizeof *rows, compare_rows);
+
+    snprintf(path, sizeof path, "%s/results.csv", dir);
+    if (atomic_open(&af, path) != 0) {
+        free(rows);
+        return -1;
+    }
+    fprintf(af.f, "program,max_seq_len,n_params,n_nonzero,sparsity,lr,nbeta,chains,draws,llc_mean,llc_std,"
+                  "diverged_chains,init_loss,seconds,seed,base_lr,lr_scale,status\n");
+    for (i = 0; i < n; i++) {
+        const ResultRow *r = &rows[i];
+        fprintf(af.f, "%s,%d,", r->program, r->max_seq_len);
+        csv_number(af.f, r->n_params, "%.0f");
+        fputc(',', af.f);
+        csv_number(af.f, r->n_nonzero, "%.0f");
+        fputc(',', af.f);
+        csv_number(af.f, r->sparsity, "%.9g");
+        fputc(',', af.f);
+        csv_number(af.f, r->lr, "%.9g");
+        fputc(',', af.f);
+        csv_number(af.f, r->nbeta, "%.9g");
+        fprintf(af.f, ",%.0f,%.0f,", r->chains, r->draws);
+        csv_number(af.f, r->llc_mean, "%.9g");
+        fputc(',', af.f);
+        csv_number(af.f, r->llc_std, "%.9g");
+        fprintf(af.f, ",%.0f,", r->diverged);
+        csv_number(af.f, r->init_loss, "%.9g");
+        fputc(',', af.f);
+        csv_number(af.f, r->seconds, "%.3f");
+        fprintf(af.f, ",%.0f,%.9g,%s,%s\n", r->seed, r->base_lr, r->lr_scale, r->status);
+    }
+    free(rows);
+    if (atomic_commit(&af) != 0) return -1;
+    return n;
+}
+
+/* Parses "4:100", "4:100:2" or "5,10,20" (and mixes, "4:9,20") into out. */
+static int parse_lengths(const char *text, int *out, int max) {
+    int n = 0;
+    const char *p = text;
+    while (*p) {
+        long a, b, step = 1;
+        char *end;
+        a = strtol(p, &end, 10);
+        if (end == p) return -1;
+        b = a;
+        if (*end == ':') {
+            p = end + 1;
+            b = strtol(p, &end, 10);
+            if (end == p) return -1;
+            if (*end == ':') {
+                p = end + 1;
+                step = strtol(p, &end, 10);
+                if (end == p || step < 1) return -1;
+            }
+        }
+        if (a < 1 || b < a || b > 100000) return -1;
+        for (; a <= b; a += step) {
+            if (n == max) return -1;
+            out[n++] = (int)a;
+        }
+        if (*end == ',') end++;
+        else if (*end) return -1;
+        p = end;
+    }
+    return n;
+}
+
+/* The shortest "%g" form of v that reads back as the same double. */
+static const char *format_double(double v, char *out, size_t n) {
+    int digits;
+    for (digits = 6; digits < 17; digits++) {
+        snprintf(out, n, "%.*g", digits, v);
+        if (strtod(out, NULL) == v) return out;
+    }
+    snprintf(out, n, "%.17g", v);
+    return out;
+}
+
+/* Appends a shell-quoted argument to a command line. */
+static void shell_quote(FILE *f, const char *arg) {
+    const char *s;
+    fputc('\'', f);
+    for (s = arg; *s; s++) {
+        if (*s == '\'') fputs("'\\''", f);
+        else fputc(*s, f);
+    }
+    fputc('\'', f);
+}
+
+static const char *g_argv0 = "llc";   /* main's argv[0] */
+
+/* The path of the running llc, for the command lines of --emit-jobs. */
+static const char *self_path(void) {
+    static char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = 0;
+        return exe;
+    }
+    return g_argv0;
+}
+
+enum { MAX_SWEEP_LENGTHS = 1000, MAX_SWEEP_LRS = 32, MAX_SWEEP_PROGRAMS = 9 };
+
+static int cmd_sweep(int argc, char **argv) {
+    static const Command cmd = {
+        "sweep", "--programs P,... --lengths 4:100[:STEP] --out DIR [options]",
+        "Estimate the LLC of Tracr programs at many max_seq_len and step sizes. Each job (program,\n"
+        "max_seq_len, lr) writes DIR/jobs/NAME.json; DIR/results.csv is rebuilt from them after\n"
+        "every job, so an interrupted sweep resumes where it stopped when run again. Models come\n"
+        "from the shipped ones or are compiled into DIR/models with tracr_weights/compile.py.\n"
+        "A job whose estimated memory exceeds --max-memory is skipped up front, with its size in\n"
+        "the row's status, and its model is not compiled.",
+        0, 0,
+        "--emit-jobs prints one `llc estimate ... --json DIR/jobs/NAME.json` command per job\n"
+        "instead of running them (models are compiled first), for GNU parallel, xargs -P, make -j\n"
+        "or a Slurm array; `llc collect DIR` then writes DIR/results.csv.\n"};
+    EstimateRequest q;
+    double nbeta = NAN, lrs[MAX_SWEEP_LRS];
+    int lengths[MAX_SWEEP_LENGTHS], n_lengths, n_lrs, n_programs = 0, quiet = 0, emit = 0, i, k, l;
+    int n_done = 0, n_run = 0, n_skipped = 0, n_failed = 0, n_bad, status = 0, emit_threads = 1;
+    const char *programs_text = NULL, *lengths_text = NULL, *lr_text = "1e-5", *out_dir = NULL, *weights = NULL;
+    const char *max_memory = NULL;
+    char *programs[MAX_SWEEP_PROGRAMS], *programs_copy, *tok, *save = NULL, models_dir[4200], jobs_dir[4200];
+    Option opts[] = {
+        {"--programs", OPT_STRING, &programs_text, 0, 0, 0, "P,...", "programs, comma separated (required)", NULL},
+        {"--lengths", OPT_STRING, &lengths_text, 0, 0, 0, "A:B[:S]", "max_seq_len values, e.g. 4:100 or 5,10,20",
+         NULL},
+        {"--lr", OPT_STRING, &lr_text, 0, 0, 0, "EPS,...", "SGLD step sizes (base values with --lr-scale)", NULL},
+        {"--lr-scale", OPT_STRING, &q.lr_scale, 0, 0, 0, "KIND", "divide lr by the relative model size",
+         "none|linear|quadratic"},
+        {"--lr-ref-params", OPT_REAL, &q.lr_ref_params, 0, INFINITY, 1, "N", "reference size of --lr-scale", NULL},
+        {"--nbeta", OPT_REAL, &nbeta, 0, INFINITY, 1, "NB", "inverse temperature n*beta (default batch / ln(batch))",
+         NULL},
+        {"--localization", OPT_REAL, &q.s.localization, 0, INFINITY, 0, "G", "strength gamma of the pull towards w*",
+         NULL},
+        {"--chains", OPT_INT, &q.s.chains, 1, 100000, 0, "N", "independent SGLD chains", NULL},
+        {"--draws", OPT_INT, &q.s.draws, 1, 1e8, 0, "N", "recorded draws per chain", NULL},
+        {"--burnin", OPT_INT, &q.s.burnin, 0, 1e9, 0, "N", "steps before the first draw", NULL},
+        {"--every", OPT_INT, &q.s.every, 1, 1e6, 0, "N", "steps between draws", NULL},
+        {"--batch", OPT_INT, &q.s.batch, 1, 1e6, 0, "N", "sequences per minibatch", NULL},
+        {"--samples", OPT_INT, &q.n_samples, 1, 1e8, 0, "N", "random input sequences", NULL},
+        {"--seed", OPT_U64, &q.s.seed, 0, 0, 0, "N", "seed of every job's inputs and SGLD noise", NULL},
+        {"--threads", OPT_INT, &q.s.threads, 0, 4096, 0, "N",
+         "worker threads per job, 0 = one per core (--emit-jobs: default 1)", NULL},
+        {"--loss", OPT_STRING, &q.loss_arg, 0, 0, 0, "NAME", "loss: auto, ce, mse or kl", "auto|ce|mse|kl"},
+        {"--max-memory", OPT_STRING, &max_memory, 0, 0, 0, "BYTES",
+         "skip jobs needing more (e.g. 8G; default: available memory)", NULL},
+        {"--out", OPT_STRING, &out_dir, 0, 0, 0, "DIR", "folder of models, job results and results.csv (required)",
+         NULL},
+        {"--weights", OPT_STRING, &weights, 0, 0, 0, "DIR", "folder of shipped models and compile.py", NULL},
+        {"--emit-jobs", OPT_FLAG, &emit, 0, 0, 0, NULL, "print the jobs' command lines instead of running them", NULL},
+        {"--quiet", OPT_FLAG, &quiet, 0, 0, 0, NULL, "no progress messages", NULL},
+        {NULL, OPT_FLAG, NULL, 0, 0, 0, NULL, NULL, NULL}};
+
+    estimate_request_defaults(&q);
+    q.s.threads = -1;
+    parse_args(&cmd, opts, argc, argv, NULL);
+    g_quiet = quiet;
+    if (!programs_text) usage_error(&cmd, "missing --programs");
+    if (!lengths_text) usage_error(&cmd, "missing --lengths");
+    if (!out_dir) usage_error(&cmd, "missing --out DIR");
+    n_lengths = parse_lengths(lengths_text, lengths, MAX_SWEEP_LENGTHS);
+    if (n_lengths < 1)
+        usage_error(&cmd, "--lengths must be like 4:100, 4:100:2 or 5,10,20 with values from 1, got \"%s\"",
+                    lengths_text);
+    n_lrs = parse_number_list(lr_text, lrs, MAX_SWEEP_LRS);
+    if (n_lrs < 1) usage_error(&cmd, "--lr must be a list of up to %d numbers, got \"%s\"", MAX_SWEEP_LRS, lr_text);
+    for (k = 0; k < n_lrs; k++)
+        if (!(lrs[k] > 0)) usage_error(&cmd, "--lr values must be > 0, got %g", lrs[k]);
+    programs_copy = xstrdup(programs_text);
+    for (tok = strtok_r(programs_copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (!is_tracr_program(tok)) usage_error(&cmd, "unknown program \"%s\" in --programs", tok);
+        if (n_programs == MAX_SWEEP_PROGRAMS) usage_error(&cmd, "--programs lists more than 9 programs");
+        programs[n_programs++] = tok;
+    }
+    q.s.nbeta = isfinite(nbeta) ? nbeta : 0.0;
+    if (emit && q.s.threads < 0) emit_threads = 1;
+    else emit_threads = q.s.threads < 0 ? 0 : q.s.threads;
+    q.s.threads = emit_threads;
+    q.max_memory = max_memory ? parse_bytes(max_memory) : available_memory_bytes();
+    if (q.max_memory <= 0) usage_error(&cmd, "--max-memory must be a size such as 8G or 512M, got \"%s\"", max_memory);
+    q.summary = 0;
+    weights = weights_dir(weights);
+    snprintf(models_dir, sizeof models_dir, "%s/models", out_dir);
+    snprintf(jobs_dir, sizeof jobs_dir, "%s/jobs", out_dir);
+    if (make_dir(out_dir) || make_dir(models_dir) || make_dir(jobs_dir)) return 1;
+    install_sigint_handler();
+
+    for (i = 0; i < n_programs && !g_interrupted; i++)
+        for (l = 0; l < n_lengths && !g_interrupted; l++)
+            for (k = 0; k < n_lrs && !g_interrupted; k++) {
+                SweepJob job;
+                JobSizes z;
+                char json_path[4400], model_path[4200], bytes_text[32], limit_text[32];
+                double memory;
+                int rc;
+                job.program = programs[i];
+                job.max_seq_len = lengths[l];
+                job.base_lr = lrs[k];
+                snprintf(job.name, sizeof job.name, "%s_n%d_lr%g%s%s", job.program, job.max_seq_len, job.base_lr,
+                         strcmp(q.lr_scale, "none") ? "_" : "", strcmp(q.lr_scale, "none") ? q.lr_scale : "");
+                snprintf(json_path, sizeof json_path, "%s/%s.json", jobs_dir, job.name);
+                if (job_finished(json_path)) {
+                    n_done++;
+                    continue;
+                }
+
+                /* size and memory before anything is compiled or allocated */
+                if (job_sizes(job.program, job.max_seq_len, weights, models_dir, &z) != 0) {
+                    n_failed++;
+                    continue;
+                }
+                memory = estimate_memory_bytes(&z.cfg, z.n_params, z.n_fixed, q.s.chains,
+                                               emit ? 1 : q.s.threads, q.s.batch, q.n_samples);
+                if (memory > q.max_memory) {
+                    char text[160];
+                    snprintf(text, sizeof text, "skipped: needs about %s of memory; the limit is %s",
+                             format_bytes(memory, bytes_text, sizeof bytes_text),
+                             format_bytes(q.max_memory, limit_text, sizeof limit_text));
+                    progress("%s: %zu parameters, %s", job.name, z.n_params, text);
+                    if (write_skipped_job(json_path, &job, &q, &z, memory, text) != 0) n_failed++;
+                    n_skipped++;
+                    continue;
+                }
+                if (find_or_compile_model(job.program, job.max_seq_len, weights, models_dir, model_path,
+                                          sizeof model_path) != 0) {
+                    n_failed++;
+                    continue;
+                }
+
+                if (emit) {
+                    shell_quote(stdout, self_path());
+                    printf(" estimate ");
+                    shell_quote(stdout, model_path);
+                    printf(" --lr %s --lr-scale %s", format_double(job.base_lr, bytes_text, sizeof bytes_text),
+                           q.lr_scale);
+                    printf(" --lr-ref-params %s", format_double(q.lr_ref_params, bytes_text, sizeof bytes_text));
+                    if (q.s.nbeta > 0) printf(" --nbeta %s", format_double(q.s.nbeta, bytes_text, sizeof bytes_text));
+                    printf(" --localization %s", format_double(q.s.localization, bytes_text, sizeof bytes_text));
+                    printf(" --chains %d --draws %d --burnin %d --every %d --batch %d --samples %d --seed %llu"
+                           " --loss %s --threads %d", q.s.chains, q.s.draws, q.s.burnin, q.s.every, q.s.batch,
+                           q.n_samples, (unsigned long long)q.s.seed, q.loss_arg, q.s.threads);
+                    if (max_memory) printf(" --max-memory %s", max_memory);
+                    printf(" --quiet --json ");
+                    shell_quote(stdout, json_path);
+                    printf("\n");
+                    continue;
+                }
+
+                {
+                    EstimateRequest job_q = q;
+                    progress("job %d of %d: %s", (i * n_lengths + l) * n_lrs + k + 1, n_programs * n_lengths * n_lrs,
+                             job.name);
+                    job_q.model_path = model_path;
+                    job_q.json_path = json_path;
+                    job_q.s.lr = job.base_lr;
+                    rc = estimate_job(&job_q);
+                }
+                if (rc == 130) break;
+                /* a job whose chains all diverged still has its row, with status "diverged" */
+                if (job_finished(json_path)) n_run++;
+                else n_failed++;
+                if (collect_results(out_dir, &n_bad) < 0) status = 1;
+            }
+
+    if (!emit) {
+        int n_rows = collect_results(out_dir, &n_bad);
+        if (n_rows < 0) status = 1;
+        printf("%s/results.csv: %d rows (%d run now, %d done before, %d skipped up front, %d failed)\n", out_dir,
+               n_rows, n_run, n_done, n_skipped, n_failed);
+    }
+    free(programs_copy);
+    if (g_interrupted) {
+        warn("interrupted: the finished jobs are in %s/results.csv; run the same command again to continue", out_dir);
+        return 130;
+    }
+    return status || n_failed ? 1 : 0;
+}
+
+static int cmd_collect(int argc, char **argv) {
+    static const Command cmd = {"collect", "DIR",
+                                "Merge the job results in DIR/jobs (.json files from llc sweep or its --emit-jobs commands)\n"
+                                "into DIR/results.csv, one row per job, sorted by program, max_seq_len and lr.",
+                                1, 1, NULL};
+    Option opts[] = {{NULL, OPT_FLAG, NULL, 0, 0, 0, NULL, NULL, NULL}};
+    char *pos[1];
+    int n_bad, n;
+    parse_args(&cmd, opts, argc, argv, pos);
+    n = collect_results(pos[0], &n_bad);
+    if (n < 0) return 1;
+    printf("%s/results.csv: %d rows\n", pos[0], n);
+    return n_bad ? 1 : 0;
+}
+
+/* Splits a CSV line (no quoting) into at most max fields, in place. */
+static int split_csv(char *line, char **fields, int max) {
+    int n = 0;
+    char *p = line;
+    line[strcspn(line, "\r\n")] = 0;
+    while (n < max) {
+        fields[n++] = p;
+        p = strchr(p, ',');
+        if (!p) break;
+        *p++ = 0;
+    }
+    return n;
+}
+
+static int cmd_plot(int argc, char **argv) {
+    static const Command cmd = {
+        "plot", "DIR [--clip Y]",
+        "Draw DIR/results.csv (from llc sweep or llc collect): for each step size, the LLC against\n"
+        "max_seq_len per program on the left axis and each model's sparsity ratio (n_nonzero /\n"
+        "n_params, dashed) on a logarithmic right axis. Writes DIR/llc_lr<LR>.svg per step size.",
+        1, 1, NULL};
+    double clip = INFINITY;
+    Option opts[] = {{"--clip", OPT_REAL, &clip, 0, INFINITY, 1, "Y",
+                      "leave out programs whose |llc_mean| exceeds Y at any length", NULL},
+                     {NULL, OPT_FLAG, NULL, 0, 0, 0, NULL, NULL, NULL}};
+    char *pos[1], path[4400], line[4096], *fields[32];
+    FILE *f;
+    ResultRow *rows = NULL;
+    int n = 0, cap = 0, i, g, status = 0, col[32], n_cols, n_written = 0;
+    static const char *const wanted[] = {"program", "max_seq_len", "sparsity", "llc_mean", "base_lr", "lr_scale"};
+    char groups[MAX_SWEEP_LRS][64];
+    int n_groups = 0;
+
+    parse_args(&cmd, opts, argc, argv, pos);
+    snprintf(path, sizeof path, "%s/results.csv", pos[0]);
+    f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "%s: cannot open %s: %s (run llc sweep or llc collect first)\n", g_program, path,
+                strerror(errno));
+        return 1;
+    }
+    if (!fgets(line, sizeof line, f)) {
+        fclose(f);
+        fprintf(stderr, "%s: %s is empty\n", g_program, path);
+        return 1;
+    }
+    n_cols = split_csv(line, fields, 32);
+    for (i = 0; i < 6; i++) {
+        int c;
+        col[i] = -1;
+        for (c = 0; c < n_cols; c++)
+            if (!strcmp(fields[c], wanted[i])) col[i] = c;
+        if (col[i] < 0) {
+            fclose(f);
+            fprintf(stderr, "%s: %s has no column %s\n", g_program, path, wanted[i]);
+            return 1;
+        }
+    }
+    while (fgets(line, sizeof line, f)) {
+        int nf = split_csv(line, fields, 32);
+        ResultRow *r;
+        if (nf < n_cols) continue;
+        if (n == cap) {
+            cap = cap ? 2 * cap : 64;
+            rows = realloc(rows, (size_t)cap * sizeof *rows);
+            if (!rows) die("out of memory reading %s", path);
+        }
+        r = &rows[n++];
+        memset(r, 0, sizeof *r);
+        snprintf(r->program, sizeof r->program, "%s", fields[col[0]]);
+        r->max_seq_len = atoi(fields[col[1]]);
+        r->sparsity = *fields[col[2]] ? atof(fields[col[2]]) : NAN;
+        r->llc_mean = *fields[col[3]] ? atof(fields[col[3]]) : NAN;
+        r->base_lr = atof(fields[col[4]]);
+        snprintf(r->lr_scale, sizeof r->lr_scale, "%s", fields[col[5]]);
+    }
+    fclose(f);
+
+    /* one figure per step size (and scaling) */
+    for (i = 0; i < n; i++) {
+        char key[64];
+        snprintf(key, sizeof key, "%g%s%s", rows[i].base_lr, strcmp(rows[i].lr_scale, "none") ? "_" : "",
+                 strcmp(rows[i].lr_scale, "none") ? rows[i].lr_scale : "");
+        for (g = 0; g < n_groups && strcmp(groups[g], key); g++) {}
+        if (g == n_groups && n_groups < MAX_SWEEP_LRS) snprintf(groups[n_groups++], sizeof groups[0], "%s", key);
+    }
+    for (g = 0; g < n_groups; g++) {
+        PlotSeries series[2 * MAX_SWEEP_PROGRAMS];
+        double *xs = xcalloc((size_t)n + 1, sizeof(double), "a series"), *ys = xcalloc((size_t)n + 1, sizeof(double), "a series");
+        double *sp = xcalloc((size_t)n + 1, sizeof(double), "a series");
+        char names[MAX_SWEEP_PROGRAMS][64], note[512] = "", title[160], clipped[256] = "";
+        int n_series = 0, used = 0, p_count = 0, p;
+        LinePlot plot;
+        for (i = 0; i < n; i++) {
+            char key[64];
+            int seen = 0;
+            snprintf(key, sizeof key, "%g%s%s", rows[i].base_lr, strcmp(rows[i].lr_scale, "none") ? "_" : "",
+                     strcmp(rows[i].lr_scale, "none") ? rows[i].lr_scale : "");
+            if (strcmp(key, groups[g])) continue;
+            for (p = 0; p < p_count; p++) seen |= !strcmp(names[p], rows[i].program);
+            if (!seen && p_count < MAX_SWEEP_PROGRAMS) snprintf(names[p_count++], 64, "%s", rows[i].program);
+        }
+        for (p = 0; p < p_count; p++) {
+            int start = used, exploded = 0;
+            for (i = 0; i < n; i++) {
+                char key[64];
+                snprintf(key, sizeof key, "%g%s%s", rows[i].base_lr, strcmp(rows[i].lr_scale, "none") ? "_" : "",
+                         strcmp(rows[i].lr_scale, "none") ? rows[i].lr_scale : "");
+                if (strcmp(key, groups[g]) || strcmp(rows[i].program, names[p])) continue;
+                xs[used] = rows[i].max_seq_len;
+                ys[used] = rows[i].llc_mean;
+                sp[used] = rows[i].sparsity;
+                if (fabs(rows[i].llc_mean) > clip) exploded = 1;
+                used++;
+            }
+            if (exploded) {
+                size_t len = strlen(clipped);
+                snprintf(clipped + len, sizeof clipped - len, "%s%s", len ? ", " : "", names[p]);
+                used = start;
+                continue;
+            }
+            memset(&series[n_series], 0, 2 * sizeof series[0]);
+            series[n_series].label = names[p];
+            series[n_series].x = xs + start;
+            series[n_series].y = ys + start;
+            series[n_series].n = used - start;
+            series[n_series].color = p;
+            series[n_series + 1].x = xs + start;
+            series[n_series + 1].y = sp + start;
+            series[n_series + 1].n = used - start;
+            series[n_series + 1].color = p;
+            series[n_series + 1].dashed = 1;
+            series[n_series + 1].right = 1;
+            n_series += 2;
+        }
+        snprintf(note, sizeof note, "solid: llc_mean (left axis); dashed: sparsity n_nonzero / n_params (right axis)%s%s",
+                 clipped[0] ? "; left out (|llc_mean| above the --clip value): " : "", clipped);
+        snprintf(title, sizeof title, "LLC against max_seq_len, lr %.63s", groups[g]);
+        memset(&plot, 0, sizeof plot);
+        plot.title = title;
+        plot.x_label = "max_seq_len";
+        plot.y_label = "llc_mean";
+        plot.y2_label = "sparsity (n_nonzero / n_params)";
+        plot.log_y2 = 1;
+        plot.series = series;
+        plot.n_series = n_series;
+        plot.note = note;
+        snprintf(path, sizeof path, "%s/llc_lr%s.svg", pos[0], groups[g]);
+        if (write_line_plot(path, &plot) != 0) status = 1;
+        else printf("wrote %s\n", path), n_written++;
+        free(xs);
+        free(ys);
+        free(sp);
+    }
+    free(rows);
+    if (n_written == 0 && status == 0) {
+        fprintf(stderr, "%s: %s has no rows to plot\n", g_program, pos[0]);
+        status = 1;
+    }
+    return status;
+}
+
 /* main -------------------------------------------------------------------- */
 
 typedef struct {
@@ -4619,6 +5786,9 @@ static const CommandEntry commands[] = {
     {"distill", cmd_distill, "distill a teacher into a smaller student"},
     {"study-distill", cmd_study_distill, "teacher and student LLCs for several programs and shrinks"},
     {"landscape", cmd_landscape, "loss landscape along the top principal components of the gradients"},
+    {"sweep", cmd_sweep, "LLC against max_seq_len and step size for several programs"},
+    {"collect", cmd_collect, "merge the job results of a sweep into results.csv"},
+    {"plot", cmd_plot, "plot a sweep's results.csv as SVG"},
 };
 
 static void print_usage(FILE *f) {
@@ -4637,6 +5807,7 @@ int main(int argc, char **argv) {
         print_usage(stdout);
         return argc < 2 ? 2 : 0;
     }
+    g_argv0 = argv[0];
     if (!strcmp(argv[1], "--version")) {
         printf("llc 0.1 (%s)\n", LLC_REAL_NAME);
         return 0;

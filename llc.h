@@ -227,6 +227,7 @@ typedef struct {
     int *draws_done;       /* [chains] draws recorded (fewer than draws after SIGINT or divergence) */
     int n_diverged;
     double unchanged_fraction; /* share of parameter updates that rounded to no change */
+    double unchanged_fraction_nonzero; /* the same among parameters that are non-zero at w* */
     double llc_mean;       /* over chains that did not diverge; NaN when none is left */
     double llc_std;        /* sample std (n - 1) over those chains; NaN for fewer than 2 */
     double seconds;
