@@ -101,6 +101,53 @@ static char *xstrdup(const char *s) {
     return p;
 }
 
+/* One block of memory sized up front and handed out in pieces aligned to
+ * ARENA_ALIGN bytes (a cache line, enough for any SIMD load), then freed
+ * whole. An arena whose base is NULL only measures: arena_take() counts the
+ * bytes and returns NULL, so one layout function both sizes and fills it. */
+typedef struct {
+    unsigned char *base;   /* aligned start, or NULL when measuring */
+    void *block;           /* what malloc returned */
+    size_t size, used;
+} Arena;
+
+enum { ARENA_ALIGN = 64 };
+
+static size_t arena_round_up(size_t bytes) {
+    return (bytes + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN;
+}
+
+static void arena_init(Arena *a, size_t size, const char *what) {
+    if (size > SIZE_MAX - ARENA_ALIGN) die("size overflow allocating %s", what);
+    a->block = xcalloc(size + ARENA_ALIGN, 1, what);
+    a->base = (unsigned char *)a->block + (ARENA_ALIGN - (uintptr_t)a->block % ARENA_ALIGN) % ARENA_ALIGN;
+    a->size = size;
+    a->used = 0;
+}
+
+static Arena arena_measuring(void) {
+    Arena a;
+    memset(&a, 0, sizeof a);
+    a.size = SIZE_MAX;
+    return a;
+}
+
+/* Returns count * size zeroed bytes (NULL when measuring). */
+static void *arena_take(Arena *a, size_t count, size_t size) {
+    size_t start = arena_round_up(a->used), bytes;
+    if (size && count > (SIZE_MAX / 2) / size) die("size overflow laying out an arena");
+    bytes = count * size;
+    if (start > a->size || bytes > a->size - start)
+        die("internal error: an arena of %zu bytes is too small", a->size);
+    a->used = start + bytes;
+    return a->base ? a->base + start : NULL;
+}
+
+static void arena_free(Arena *a) {
+    free(a->block);
+    memset(a, 0, sizeof *a);
+}
+
 static double now_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -495,8 +542,6 @@ static char *read_file(const char *path, size_t *len) {
 
 typedef struct {
     uint64_t s[4];
-    int has_spare;       /* Box-Muller makes normals in pairs */
-    double spare;
 } Rng;
 
 static uint64_t splitmix64(uint64_t *x) {
@@ -508,14 +553,17 @@ static uint64_t splitmix64(uint64_t *x) {
 
 static uint64_t rotl64(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
+static void normal_tables_ensure(void);
+
 static void rng_seed(Rng *r, uint64_t seed) {
     int i;
     for (i = 0; i < 4; i++) r->s[i] = splitmix64(&seed);
-    r->has_spare = 0;
+    normal_tables_ensure();   /* so rng_normal() never races to build them */
 }
 
-static uint64_t rng_next(Rng *r) {
-    uint64_t *s = r->s;
+/* One step of xoshiro256** on a state held by the caller, so that loops
+ * can keep it in registers. */
+static uint64_t xoshiro_next(uint64_t s[4]) {
     uint64_t result = rotl64(s[1] * 5, 7) * 9;
     uint64_t t = s[1] << 17;
     s[2] ^= s[0];
@@ -526,6 +574,8 @@ static uint64_t rng_next(Rng *r) {
     s[3] = rotl64(s[3], 45);
     return result;
 }
+
+static uint64_t rng_next(Rng *r) { return xoshiro_next(r->s); }
 
 /* Advances the stream by 2^128 draws: the jump polynomial of xoshiro256. */
 static void rng_jump(Rng *r) {
@@ -545,7 +595,6 @@ static void rng_jump(Rng *r) {
         }
     }
     memcpy(r->s, t, sizeof t);
-    r->has_spare = 0;
 }
 
 /* Uniform in [0, 1) with 53 random bits. */
@@ -558,19 +607,103 @@ static uint64_t rng_below(Rng *r, uint64_t n) {
     return x % n;
 }
 
-/* Standard normal by the Box-Muller transform. */
-static double rng_normal(Rng *r) {
-    double u1, u2, radius;
-    if (r->has_spare) {
-        r->has_spare = 0;
-        return r->spare;
+/* Standard normals by the ziggurat method (Marsaglia and Tsang, "The
+ * Ziggurat Method for Generating Random Variables", J. Stat. Softw. 5(8),
+ * 2000) with 256 layers of equal area v under f(x) = exp(-x^2 / 2).
+ * Layer i spans [0, zig_x[i]] and lies between heights f(zig_x[i]) and
+ * f(zig_x[i + 1]); layer 0 is the base strip, whose tail beyond
+ * zig_x[1] = r is sampled exactly. About 99 % of draws take one random
+ * number, a multiply and a compare, where Box-Muller needs a log, a sine
+ * and a cosine per pair, and SGLD draws one normal per parameter and step. */
+enum { ZIG_LAYERS = 256 };
+#define ZIG_R 3.6541528853610088     /* start of the tail */
+#define ZIG_V 4.92867323399e-3       /* area of each layer */
+
+static double zig_x[ZIG_LAYERS + 1];   /* layer widths, zig_x[ZIG_LAYERS] = 0 */
+static double zig_f[ZIG_LAYERS + 1];   /* f(zig_x[i]) */
+
+static void normal_tables_init(void) {
+    int i;
+    zig_x[0] = ZIG_V / exp(-0.5 * ZIG_R * ZIG_R);   /* base strip: rectangle plus tail, as one width */
+    zig_x[1] = ZIG_R;
+    for (i = 1; i < ZIG_LAYERS - 1; i++) {
+        /* the layer above i has area v: x[i] (f(x[i+1]) - f(x[i])) = v */
+        zig_x[i + 1] = sqrt(-2.0 * log(ZIG_V / zig_x[i] + exp(-0.5 * zig_x[i] * zig_x[i])));
     }
-    do u1 = rng_uniform(r); while (u1 <= 0.0);
-    u2 = rng_uniform(r);
-    radius = sqrt(-2.0 * log(u1));
-    r->spare = radius * sin(2.0 * LLC_PI * u2);
-    r->has_spare = 1;
-    return radius * cos(2.0 * LLC_PI * u2);
+    zig_x[ZIG_LAYERS] = 0.0;
+    for (i = 0; i <= ZIG_LAYERS; i++) zig_f[i] = exp(-0.5 * zig_x[i] * zig_x[i]);
+}
+
+#if LLC_THREADS
+static pthread_once_t normal_tables_once = PTHREAD_ONCE_INIT;
+static void normal_tables_ensure(void) { pthread_once(&normal_tables_once, normal_tables_init); }
+#else
+static void normal_tables_ensure(void) {
+    static int done = 0;
+    if (!done) normal_tables_init(), done = 1;
+}
+#endif
+
+static double rng_normal(Rng *r);
+
+/* Finishes a draw that fell outside its layer's inner rectangle: the tail
+ * for layer 0, else the wedge test, which on rejection starts over. */
+static double normal_outside_rectangle(Rng *r, int layer, double x, double sign) {
+    if (layer == 0) {
+        /* the tail beyond r, by Marsaglia's exponential rejection */
+        double a, b;
+        do {
+            double u1, u2;
+            do u1 = rng_uniform(r); while (u1 <= 0.0);
+            do u2 = rng_uniform(r); while (u2 <= 0.0);
+            a = -log(u1) / ZIG_R;
+            b = -log(u2);
+        } while (2.0 * b < a * a);
+        return sign * (ZIG_R + a);
+    }
+
+    /* the wedge between the inner rectangle and f: accept under f */
+    if (zig_f[layer] + rng_uniform(r) * (zig_f[layer + 1] - zig_f[layer]) < exp(-0.5 * x * x))
+        return sign * x;
+    return rng_normal(r);
+}
+
+/* The first step of a draw from 64 random bits: bits 0-7 pick the layer,
+ * bit 8 the sign, bits 11-63 the position within the layer's width.
+ * Returns 1 when the draw is inside the layer's inner rectangle. */
+static int normal_from_bits(uint64_t bits, int *layer, double *x, double *sign) {
+    *layer = (int)(bits & (ZIG_LAYERS - 1));
+    *sign = (double)(1 - 2 * (int)((bits >> 8) & 1));   /* arithmetic, since a branch here is a coin flip */
+    *x = (double)(bits >> 11) * 0x1.0p-53 * zig_x[*layer];
+    return *x < zig_x[*layer + 1];
+}
+
+static double rng_normal(Rng *r) {
+    int layer;
+    double x, sign;
+    if (normal_from_bits(rng_next(r), &layer, &x, &sign)) return sign * x;
+    return normal_outside_rectangle(r, layer, x, sign);
+}
+
+/* Stores n standard normals in out, the same numbers as n calls of
+ * rng_normal(). The state is copied to a local whose address never leaves
+ * this function, so it stays in registers; the rare draws outside the
+ * inner rectangles finish on a second copy. */
+static void rng_fill_normal(Rng *r, real *out, size_t n) {
+    Rng local = *r;
+    size_t j;
+    for (j = 0; j < n; j++) {
+        int layer;
+        double x, sign;
+        if (normal_from_bits(xoshiro_next(local.s), &layer, &x, &sign)) {
+            out[j] = (real)(sign * x);
+        } else {
+            Rng outside = local;
+            out[j] = (real)normal_outside_rectangle(&outside, layer, x, sign);
+            local = outside;
+        }
+    }
+    *r = local;
 }
 
 static void rng_shuffle(Rng *r, int *a, int n) {
@@ -588,7 +721,11 @@ static void rng_shuffle(Rng *r, int *a, int n) {
  *   matmul_nn: C[M,N] (+)= A[M,K]   B[K,N]
  *   matmul_nt: C[M,N] (+)= A[M,K]   B[N,K]^T
  *   matmul_tn: C[M,N] (+)= A[K,M]^T B[K,N]
- * The *_ref loops are the reference that tests compare the fast paths with.
+ * All three run one blocked driver, gemm(), over a micro-kernel chosen at
+ * compile time: AVX2 with FMA on x86-64, NEON on arm64 (float32 only), or
+ * the portable C kernel (always built, and the only one with -DLLC_NO_SIMD).
+ * The *_ref loops accumulate in double and are the reference that tests
+ * compare every kernel with.
  * ------------------------------------------------------------------------- */
 
 static void matmul_nn_ref(real *C, const real *A, const real *B, int M, int K, int N, int acc) {
@@ -624,73 +761,292 @@ static void matmul_tn_ref(real *C, const real *A, const real *B, int M, int K, i
     }
 }
 
-/* Cache blocking: a KC x NC panel of B stays in L2 while rows of A stream
- * over it. The inner loop runs along contiguous rows of B and C, so
- * compilers vectorise it. */
-enum { MM_KC = 256, MM_NC = 512 };
+/* A micro-kernel computes one MR x NR tile of C from kc steps:
+ *   tile[i, j] = sum_k A(i, k) b[k * ldb + j],   A(i, k) = a[i * rs_a + k * cs_a]
+ * and stores it into c (row stride ldc), adding to what is there when add
+ * is set. b is a sliver of B with NR contiguous values per k: rows of B in
+ * place, or a packed copy. A is read in place through its two strides,
+ * which serve both A and A^T. */
+typedef void MicroKernelFn(int kc, const real *a, ptrdiff_t rs_a, ptrdiff_t cs_a, const real *b,
+                           ptrdiff_t ldb, real *c, ptrdiff_t ldc, int add);
 
-static void matmul_nn(real *C, const real *A, const real *B, int M, int K, int N, int acc) {
-    int i, k, j, k0, j0;
-    if (!acc) memset(C, 0, (size_t)M * N * sizeof(real));
+typedef struct {
+    const char *name;
+    int mr, nr;
+    MicroKernelFn *run;
+} MatmulKernel;
+
+/* Block sizes: a KC x NC block of B, packed, fits in L2 (256 KiB in float32),
+ * one KC x NR sliver of it fits in L1, and MC rows of A are reused across
+ * the slivers of a block. MC is a multiple of every kernel's MR. */
+enum { MM_KC = 256, MM_NC = 256, MM_MC = 96, MM_MR_MAX = 8, MM_NR_MAX = 16 };
+
+/* Reals of scratch that gemm() packs B into. */
+#define MM_PACK_REALS ((size_t)MM_KC * MM_NC)
+
+/* The portable kernel: plain loops over a 4 x 8 tile that compilers keep in
+ * registers and may vectorise. */
+enum { PORTABLE_MR = 4, PORTABLE_NR = 8 };
+
+static void kernel_portable(int kc, const real *a, ptrdiff_t rs_a, ptrdiff_t cs_a, const real *b,
+                            ptrdiff_t ldb, real *c, ptrdiff_t ldc, int add) {
+    real tile[PORTABLE_MR][PORTABLE_NR];
+    int i, j, k;
+    memset(tile, 0, sizeof tile);
+    for (k = 0; k < kc; k++, a += cs_a, b += ldb) {
+        for (i = 0; i < PORTABLE_MR; i++) {
+            const real aik = a[i * rs_a];
+            for (j = 0; j < PORTABLE_NR; j++) tile[i][j] += aik * b[j];
+        }
+    }
+    for (i = 0; i < PORTABLE_MR; i++, c += ldc)
+        for (j = 0; j < PORTABLE_NR; j++) c[j] = add ? c[j] + tile[i][j] : tile[i][j];
+}
+
+static const MatmulKernel matmul_portable = {"portable", PORTABLE_MR, PORTABLE_NR, kernel_portable};
+
+#if !defined(LLC_NO_SIMD) && defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define LLC_SIMD 1
+
+#ifndef LLC_DOUBLE
+/* 6 x 16 float32 tile: 12 ymm accumulators, two ymm of B and one broadcast
+ * of A per row and step, so both FMA ports stay busy. */
+static void kernel_avx2(int kc, const float *a, ptrdiff_t rs_a, ptrdiff_t cs_a, const float *b,
+                        ptrdiff_t ldb, float *c, ptrdiff_t ldc, int add) {
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    int k;
+    for (k = 0; k < kc; k++, a += cs_a, b += ldb) {
+        const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+        __m256 ai;
+        ai = _mm256_broadcast_ss(a);
+        c00 = _mm256_fmadd_ps(ai, b0, c00), c01 = _mm256_fmadd_ps(ai, b1, c01);
+        ai = _mm256_broadcast_ss(a + rs_a);
+        c10 = _mm256_fmadd_ps(ai, b0, c10), c11 = _mm256_fmadd_ps(ai, b1, c11);
+        ai = _mm256_broadcast_ss(a + 2 * rs_a);
+        c20 = _mm256_fmadd_ps(ai, b0, c20), c21 = _mm256_fmadd_ps(ai, b1, c21);
+        ai = _mm256_broadcast_ss(a + 3 * rs_a);
+        c30 = _mm256_fmadd_ps(ai, b0, c30), c31 = _mm256_fmadd_ps(ai, b1, c31);
+        ai = _mm256_broadcast_ss(a + 4 * rs_a);
+        c40 = _mm256_fmadd_ps(ai, b0, c40), c41 = _mm256_fmadd_ps(ai, b1, c41);
+        ai = _mm256_broadcast_ss(a + 5 * rs_a);
+        c50 = _mm256_fmadd_ps(ai, b0, c50), c51 = _mm256_fmadd_ps(ai, b1, c51);
+    }
+#define STORE_ROW(row, lo, hi)                                                                     \
+    do {                                                                                           \
+        float *cr = c + (row) * ldc;                                                               \
+        if (add) {                                                                                 \
+            lo = _mm256_add_ps(lo, _mm256_loadu_ps(cr));                                           \
+            hi = _mm256_add_ps(hi, _mm256_loadu_ps(cr + 8));                                       \
+        }                                                                                          \
+        _mm256_storeu_ps(cr, lo);                                                                  \
+        _mm256_storeu_ps(cr + 8, hi);                                                              \
+    } while (0)
+    STORE_ROW(0, c00, c01);
+    STORE_ROW(1, c10, c11);
+    STORE_ROW(2, c20, c21);
+    STORE_ROW(3, c30, c31);
+    STORE_ROW(4, c40, c41);
+    STORE_ROW(5, c50, c51);
+#undef STORE_ROW
+}
+
+static const MatmulKernel matmul_simd = {"AVX2+FMA 6x16 float32", 6, 16, kernel_avx2};
+#else
+/* 6 x 8 float64 tile, the same register plan with 4 doubles per ymm. */
+static void kernel_avx2(int kc, const double *a, ptrdiff_t rs_a, ptrdiff_t cs_a, const double *b,
+                        ptrdiff_t ldb, double *c, ptrdiff_t ldc, int add) {
+    __m256d c00 = _mm256_setzero_pd(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256d c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    int k;
+    for (k = 0; k < kc; k++, a += cs_a, b += ldb) {
+        const __m256d b0 = _mm256_loadu_pd(b), b1 = _mm256_loadu_pd(b + 4);
+        __m256d ai;
+        ai = _mm256_broadcast_sd(a);
+        c00 = _mm256_fmadd_pd(ai, b0, c00), c01 = _mm256_fmadd_pd(ai, b1, c01);
+        ai = _mm256_broadcast_sd(a + rs_a);
+        c10 = _mm256_fmadd_pd(ai, b0, c10), c11 = _mm256_fmadd_pd(ai, b1, c11);
+        ai = _mm256_broadcast_sd(a + 2 * rs_a);
+        c20 = _mm256_fmadd_pd(ai, b0, c20), c21 = _mm256_fmadd_pd(ai, b1, c21);
+        ai = _mm256_broadcast_sd(a + 3 * rs_a);
+        c30 = _mm256_fmadd_pd(ai, b0, c30), c31 = _mm256_fmadd_pd(ai, b1, c31);
+        ai = _mm256_broadcast_sd(a + 4 * rs_a);
+        c40 = _mm256_fmadd_pd(ai, b0, c40), c41 = _mm256_fmadd_pd(ai, b1, c41);
+        ai = _mm256_broadcast_sd(a + 5 * rs_a);
+        c50 = _mm256_fmadd_pd(ai, b0, c50), c51 = _mm256_fmadd_pd(ai, b1, c51);
+    }
+#define STORE_ROW(row, lo, hi)                                                                     \
+    do {                                                                                           \
+        double *cr = c + (row) * ldc;                                                              \
+        if (add) {                                                                                 \
+            lo = _mm256_add_pd(lo, _mm256_loadu_pd(cr));                                           \
+            hi = _mm256_add_pd(hi, _mm256_loadu_pd(cr + 4));                                       \
+        }                                                                                          \
+        _mm256_storeu_pd(cr, lo);                                                                  \
+        _mm256_storeu_pd(cr + 4, hi);                                                              \
+    } while (0)
+    STORE_ROW(0, c00, c01);
+    STORE_ROW(1, c10, c11);
+    STORE_ROW(2, c20, c21);
+    STORE_ROW(3, c30, c31);
+    STORE_ROW(4, c40, c41);
+    STORE_ROW(5, c50, c51);
+#undef STORE_ROW
+}
+
+static const MatmulKernel matmul_simd = {"AVX2+FMA 6x8 float64", 6, 8, kernel_avx2};
+#endif
+
+#elif !defined(LLC_NO_SIMD) && defined(__aarch64__) && defined(__ARM_NEON) && !defined(LLC_DOUBLE)
+#include <arm_neon.h>
+#define LLC_SIMD 1
+
+/* 8 x 8 float32 tile: 16 of NEON's 32 q registers accumulate, two hold B. */
+static void kernel_neon(int kc, const float *a, ptrdiff_t rs_a, ptrdiff_t cs_a, const float *b,
+                        ptrdiff_t ldb, float *c, ptrdiff_t ldc, int add) {
+    float32x4_t acc[8][2];
+    int i, k;
+    for (i = 0; i < 8; i++) acc[i][0] = acc[i][1] = vdupq_n_f32(0.0f);
+    for (k = 0; k < kc; k++, a += cs_a, b += ldb) {
+        const float32x4_t b0 = vld1q_f32(b), b1 = vld1q_f32(b + 4);
+        for (i = 0; i < 8; i++) {
+            const float32x4_t ai = vdupq_n_f32(a[i * rs_a]);
+            acc[i][0] = vfmaq_f32(acc[i][0], ai, b0);
+            acc[i][1] = vfmaq_f32(acc[i][1], ai, b1);
+        }
+    }
+    for (i = 0; i < 8; i++, c += ldc) {
+        if (add) {
+            acc[i][0] = vaddq_f32(acc[i][0], vld1q_f32(c));
+            acc[i][1] = vaddq_f32(acc[i][1], vld1q_f32(c + 4));
+        }
+        vst1q_f32(c, acc[i][0]);
+        vst1q_f32(c + 4, acc[i][1]);
+    }
+}
+
+static const MatmulKernel matmul_simd = {"NEON 8x8 float32", 8, 8, kernel_neon};
+#endif
+
+/* The kernel that matmul_nn, matmul_nt and matmul_tn use. */
+#ifdef LLC_SIMD
+static const MatmulKernel *const matmul_kernel = &matmul_simd;
+#else
+#define LLC_SIMD 0
+static const MatmulKernel *const matmul_kernel = &matmul_portable;
+#endif
+
+/* Copies kc rows of `width` columns of op(B), starting at B, into an NR-wide
+ * sliver (NR values per row), zero padded past width. Plain loops, because
+ * memcpy of a few dozen bytes is slow where it becomes rep movs. */
+static void pack_b_sliver(real *bp, const real *B, ptrdiff_t rs_b, ptrdiff_t cs_b, int kc, int width,
+                          int NR) {
+    int k, j;
+    for (k = 0; k < kc; k++, bp += NR) {
+        const real *row = B + k * rs_b;
+        for (j = 0; j < width; j++) bp[j] = row[j * cs_b];
+        for (j = width; j < NR; j++) bp[j] = 0;
+    }
+}
+
+/* C[M,N] (+)= op(A) op(B) with op(A)(i, k) = A[i * rs_a + k * cs_a] and
+ * op(B)(k, j) = B[k * rs_b + j * cs_b]; C has row stride ldc. pack is
+ * scratch of MM_PACK_REALS reals. When rows of op(B) are contiguous
+ * (cs_b == 1) the kernel reads whole slivers in place and only a partial
+ * last sliver is packed; otherwise every sliver of the block is packed.
+ * Tiles at the bottom and right edges are computed in a padded local tile
+ * and copied out, so the kernel never reads or writes outside A and C. */
+static void gemm(const MatmulKernel *kern, real *pack, int M, int N, int K, const real *A,
+                 ptrdiff_t rs_a, ptrdiff_t cs_a, const real *B, ptrdiff_t rs_b, ptrdiff_t cs_b, real *C,
+                 ptrdiff_t ldc, int acc) {
+    const int MR = kern->mr, NR = kern->nr, in_place = cs_b == 1;
+    real a_edge[MM_KC * MM_MR_MAX], tile[MM_MR_MAX * MM_NR_MAX];
+    int i0, j0, k0, i, j, r, col;
+
+    if (K == 0) {
+        if (!acc)
+            for (i = 0; i < M; i++) memset(C + i * ldc, 0, (size_t)N * sizeof(real));
+        return;
+    }
     for (j0 = 0; j0 < N; j0 += MM_NC) {
-        int j1 = j0 + MM_NC < N ? j0 + MM_NC : N;
+        int nc = N - j0 < MM_NC ? N - j0 : MM_NC;
         for (k0 = 0; k0 < K; k0 += MM_KC) {
-            int k1 = k0 + MM_KC < K ? k0 + MM_KC : K;
-            for (i = 0; i < M; i++) {
-                real *c = C + (size_t)i * N;
-                const real *a = A + (size_t)i * K;
-                for (k = k0; k < k1; k++) {
-                    const real aik = a[k];
-                    const real *b = B + (size_t)k * N;
-                    if (aik == 0) continue;
-                    for (j = j0; j < j1; j++) c[j] += aik * b[j];
+            int kc = K - k0 < MM_KC ? K - k0 : MM_KC;
+            int add = acc || k0 > 0;   /* later K blocks add to the earlier ones */
+            const real *Bk = B + k0 * rs_b + j0 * cs_b;
+
+            /* pack: every sliver, or only the partial last one */
+            for (j = in_place ? nc - nc % NR : 0; j < nc; j += NR) {
+                int width = nc - j < NR ? nc - j : NR;
+                pack_b_sliver(pack + (size_t)(j / NR) * kc * NR, Bk + j * cs_b, rs_b, cs_b, kc, width, NR);
+            }
+
+            for (i0 = 0; i0 < M; i0 += MM_MC) {
+                int mc = M - i0 < MM_MC ? M - i0 : MM_MC;
+                for (i = 0; i < mc; i += MR) {
+                    const real *a = A + (i0 + i) * rs_a + k0 * cs_a;
+                    ptrdiff_t rs = rs_a, cs = cs_a;
+                    int m = mc - i < MR ? mc - i : MR;
+
+                    /* bottom edge: copy the m rows of A, then zero rows */
+                    if (m < MR) {
+                        int k;
+                        for (k = 0; k < kc; k++)
+                            for (r = 0; r < MR; r++) a_edge[k * MR + r] = r < m ? a[r * rs_a + k * cs_a] : 0;
+                        a = a_edge, rs = 1, cs = MR;
+                    }
+
+                    for (j = 0; j < nc; j += NR) {
+                        int n = nc - j < NR ? nc - j : NR;
+                        const real *b = pack + (size_t)(j / NR) * kc * NR;
+                        ptrdiff_t ldb = NR;
+                        real *c = C + (i0 + i) * ldc + j0 + j;
+                        if (in_place && n == NR) b = Bk + j, ldb = rs_b;
+
+                        if (m == MR && n == NR) {
+                            kern->run(kc, a, rs, cs, b, ldb, c, ldc, add);
+                            continue;
+                        }
+                        kern->run(kc, a, rs, cs, b, ldb, tile, NR, 0);
+                        for (r = 0; r < m; r++) {
+                            real *c_row = c + r * ldc;
+                            const real *t_row = tile + r * NR;
+                            if (add)
+                                for (col = 0; col < n; col++) c_row[col] += t_row[col];
+                            else
+                                for (col = 0; col < n; col++) c_row[col] = t_row[col];
+                        }
+                    }
                 }
             }
         }
     }
 }
 
-static void matmul_nt(real *C, const real *A, const real *B, int M, int K, int N, int acc) {
-    int i, j, k;
-    for (i = 0; i < M; i++) {
-        const real *a = A + (size_t)i * K;
-        real *c = C + (size_t)i * N;
-        for (j = 0; j < N; j++) {
-            const real *b = B + (size_t)j * K;
-            real sum = 0;
-            for (k = 0; k < K; k++) sum += a[k] * b[k];
-            c[j] = acc ? c[j] + sum : sum;
-        }
-    }
+static void matmul_nn(real *pack, real *C, const real *A, const real *B, int M, int K, int N, int acc) {
+    gemm(matmul_kernel, pack, M, N, K, A, K, 1, B, N, 1, C, N, acc);
 }
 
-static void matmul_tn(real *C, const real *A, const real *B, int M, int K, int N, int acc) {
-    int i, j, k;
-    if (!acc) memset(C, 0, (size_t)M * N * sizeof(real));
-    for (k = 0; k < K; k++) {
-        const real *a = A + (size_t)k * M;
-        const real *b = B + (size_t)k * N;
-        for (i = 0; i < M; i++) {
-            const real aki = a[i];
-            real *c = C + (size_t)i * N;
-            if (aki == 0) continue;
-            for (j = 0; j < N; j++) c[j] += aki * b[j];
-        }
-    }
+static void matmul_nt(real *pack, real *C, const real *A, const real *B, int M, int K, int N, int acc) {
+    gemm(matmul_kernel, pack, M, N, K, A, K, 1, B, 1, K, C, N, acc);
 }
 
-/* C[i, :] += bias for every row i. */
-static void add_bias(real *C, const real *bias, int M, int N) {
-    int i, j;
-    for (i = 0; i < M; i++)
-        for (j = 0; j < N; j++) C[(size_t)i * N + j] += bias[j];
+static void matmul_tn(real *pack, real *C, const real *A, const real *B, int M, int K, int N, int acc) {
+    gemm(matmul_kernel, pack, M, N, K, A, 1, M, B, N, 1, C, N, acc);
 }
 
-/* dbias[j] += sum over rows of dC[i, j]. */
-static void add_bias_grad(real *dbias, const real *dC, int M, int N) {
-    int i, j;
-    for (i = 0; i < M; i++)
-        for (j = 0; j < N; j++) dbias[j] += dC[(size_t)i * N + j];
+/* C[i, :] += bias for every row i: the product of a column of ones
+ * (stride 0) and the bias row, so that it runs on the SIMD kernel. */
+static void add_bias(real *pack, real *C, const real *bias, int M, int N) {
+    static const real one = 1;
+    gemm(matmul_kernel, pack, M, N, 1, &one, 0, 0, bias, N, 1, C, N, 1);
+}
+
+/* dbias[j] += sum over rows of dC[i, j]: a row of ones times dC. */
+static void add_bias_grad(real *pack, real *dbias, const real *dC, int M, int N) {
+    static const real one = 1;
+    gemm(matmul_kernel, pack, 1, N, M, &one, 0, 0, dC, N, 1, dbias, N, 1);
 }
 
 /* ---------------------------------------------------------------------------
@@ -1455,57 +1811,66 @@ struct Workspace {
     real *dx;       /* [max_rows, D] gradient of the residual */
     real *dq, *dk, *dv, *dz;   /* [max_rows, HK] */
     real *dhid;     /* [max_rows, M] */
-    real *scores;   /* [max_T] one row of attention scores or their gradient */
+    real *datt;     /* [max_T, max_T] gradient of one sequence and head's attention */
+    real *pack;     /* [MM_PACK_REALS] scratch of the matmul kernels */
     Batch batch;    /* the batch of the last forward pass */
+    Arena owned;    /* the arena of a workspace_new() workspace; empty inside a chain's arena */
 };
 
-static size_t workspace_reals(const ModelConfig *c, int max_seqs) {
-    size_t R = (size_t)max_seqs * (size_t)(c->max_seq_len + 1), L = (size_t)c->n_layers;
-    size_t D = (size_t)c->d_model, HK = (size_t)c->n_heads * (size_t)c->d_head;
-    size_t M = (size_t)c->d_mlp, O = (size_t)c->n_outputs, T = (size_t)c->max_seq_len + 1;
-    size_t att = (size_t)max_seqs * (size_t)c->n_heads * T * T;
-    return L * (R * D * 2 + R * HK * 4 + att + R * M) + R * D * 2 + R * O + R * HK * 4 + R * M + T;
-}
-
-size_t workspace_bytes(const ModelConfig *c, int max_seqs) {
-    return workspace_reals(c, max_seqs) * sizeof(real) + sizeof(Workspace);
-}
-
-Workspace *workspace_new(const ModelConfig *c, int max_seqs) {
-    Workspace *ws = xcalloc(1, sizeof(Workspace), "a workspace");
+/* Points ws's buffers into the arena (or only measures them). */
+static void workspace_layout(Workspace *ws, Arena *a, const ModelConfig *c, int max_seqs) {
     size_t R, L = (size_t)c->n_layers, D = (size_t)c->d_model;
-    size_t HK = (size_t)c->n_heads * (size_t)c->d_head, M = (size_t)c->d_mlp;
-    real *p;
+    size_t HK = (size_t)c->n_heads * (size_t)c->d_head, M = (size_t)c->d_mlp, T;
+    memset(ws, 0, sizeof *ws);
     ws->max_seqs = max_seqs;
     ws->max_T = c->max_seq_len + 1;
     ws->max_rows = max_seqs * ws->max_T;
     R = (size_t)ws->max_rows;
-    ws->att_per_layer = (size_t)max_seqs * (size_t)c->n_heads * (size_t)ws->max_T * (size_t)ws->max_T;
-    p = xcalloc(workspace_reals(c, max_seqs), sizeof(real), "the activations");
-    ws->x_in = p, p += L * R * D;
-    ws->q = p, p += L * R * HK;
-    ws->k = p, p += L * R * HK;
-    ws->v = p, p += L * R * HK;
-    ws->att = p, p += L * ws->att_per_layer;
-    ws->z = p, p += L * R * HK;
-    ws->x_mid = p, p += L * R * D;
-    ws->hid = p, p += L * R * M;
-    ws->x_out = p, p += R * D;
-    ws->y = p, p += R * (size_t)c->n_outputs;
-    ws->dx = p, p += R * D;
-    ws->dq = p, p += R * HK;
-    ws->dk = p, p += R * HK;
-    ws->dv = p, p += R * HK;
-    ws->dz = p, p += R * HK;
-    ws->dhid = p, p += R * M;
-    ws->scores = p;
+    T = (size_t)ws->max_T;
+    ws->att_per_layer = (size_t)max_seqs * (size_t)c->n_heads * T * T;
+    ws->x_in = arena_take(a, L * R * D, sizeof(real));
+    ws->q = arena_take(a, L * R * HK, sizeof(real));
+    ws->k = arena_take(a, L * R * HK, sizeof(real));
+    ws->v = arena_take(a, L * R * HK, sizeof(real));
+    ws->att = arena_take(a, L * ws->att_per_layer, sizeof(real));
+    ws->z = arena_take(a, L * R * HK, sizeof(real));
+    ws->x_mid = arena_take(a, L * R * D, sizeof(real));
+    ws->hid = arena_take(a, L * R * M, sizeof(real));
+    ws->x_out = arena_take(a, R * D, sizeof(real));
+    ws->y = arena_take(a, R * (size_t)c->n_outputs, sizeof(real));
+    ws->dx = arena_take(a, R * D, sizeof(real));
+    ws->dq = arena_take(a, R * HK, sizeof(real));
+    ws->dk = arena_take(a, R * HK, sizeof(real));
+    ws->dv = arena_take(a, R * HK, sizeof(real));
+    ws->dz = arena_take(a, R * HK, sizeof(real));
+    ws->dhid = arena_take(a, R * M, sizeof(real));
+    ws->datt = arena_take(a, T * T, sizeof(real));
+    ws->pack = arena_take(a, MM_PACK_REALS, sizeof(real));
+}
+
+size_t workspace_bytes(const ModelConfig *c, int max_seqs) {
+    Arena a = arena_measuring();
+    Workspace ws;
+    arena_take(&a, 1, sizeof(Workspace));
+    workspace_layout(&ws, &a, c, max_seqs);
+    return a.used;
+}
+
+Workspace *workspace_new(const ModelConfig *c, int max_seqs) {
+    Arena a;
+    Workspace *ws;
+    arena_init(&a, workspace_bytes(c, max_seqs), "the activations");
+    ws = arena_take(&a, 1, sizeof(Workspace));
+    workspace_layout(ws, &a, c, max_seqs);
+    ws->owned = a;
     return ws;
 }
 
 void workspace_free(Workspace *ws) {
+    Arena a;
     if (!ws) return;
-    free(ws->x_in);
-    free(ws);
+    a = ws->owned;   /* ws lives inside it */
+    arena_free(&a);
 }
 
 /* x[r] = token_embed[ids[r]] + pos_embed[t], t the position within its sequence. */
@@ -1537,86 +1902,77 @@ static void embed_backward(real *dtoken_embed, real *dpos_embed, const Batch *b,
 }
 
 /* Attention scores and outputs of every sequence and head:
- * att[t, s] = softmax_s(q[t] . k[s] / sqrt(d_head)), z[t] = sum_s att[t, s] v[s].
- * The softmax subtracts the row maximum; with causal set, keys s > t get
- * weight 0. */
+ * att[t, u] = softmax_u(q[t] . k[u] / sqrt(d_head)), z[t] = sum_u att[t, u] v[u].
+ * The softmax subtracts the row maximum; with causal set, keys u > t get
+ * weight 0. A head's q, k, v and z are the [T, d_head] column block h of
+ * the [T, HK] rows of one sequence, so the products run on gemm() with row
+ * stride HK. */
 static void attention_forward(real *z, real *att, const real *q, const real *k, const real *v,
-                              const Batch *b, int n_heads, int d_head, int causal) {
-    int HK = n_heads * d_head, s, h, t, u, e;
-    real scale = (real)(1.0 / sqrt((double)d_head));
+                              const Batch *b, int n_heads, int d_head, int causal, real *pack) {
+    int HK = n_heads * d_head, s, h, t, u;
+    double scale = 1.0 / sqrt((double)d_head);
     real *a = att;
     for (s = 0; s < b->n_seqs; s++) {
         int r0 = b->seq_start[s], T = b->seq_start[s + 1] - r0;
-        for (h = 0; h < n_heads; h++) {
-            for (t = 0; t < T; t++, a += T) {
-                const real *qt = q + (size_t)(r0 + t) * HK + h * d_head;
-                real *zt = z + (size_t)(r0 + t) * HK + h * d_head;
+        for (h = 0; h < n_heads; h++, a += (size_t)T * T) {
+            size_t head = (size_t)r0 * HK + (size_t)h * d_head;
+
+            /* scores a[T, T] = q k^T */
+            gemm(matmul_kernel, pack, T, T, d_head, q + head, HK, 1, k + head, 1, HK, a, T, 0);
+
+            for (t = 0; t < T; t++) {
+                real *row = a + (size_t)t * T;
                 int n_keys = causal ? t + 1 : T;
                 double max = -DBL_MAX, sum = 0.0;
                 for (u = 0; u < n_keys; u++) {
-                    const real *ku = k + (size_t)(r0 + u) * HK + h * d_head;
-                    real dot = 0;
-                    for (e = 0; e < d_head; e++) dot += qt[e] * ku[e];
-                    a[u] = dot * scale;
-                    if (a[u] > max) max = a[u];
+                    row[u] = (real)(row[u] * scale);
+                    if (row[u] > max) max = row[u];
                 }
                 for (u = 0; u < n_keys; u++) {
-                    a[u] = (real)exp(a[u] - max);
-                    sum += a[u];
+                    row[u] = (real)exp(row[u] - max);
+                    sum += row[u];
                 }
-                for (u = 0; u < n_keys; u++) a[u] = (real)(a[u] / sum);
-                for (u = n_keys; u < T; u++) a[u] = 0;
-                for (e = 0; e < d_head; e++) zt[e] = 0;
-                for (u = 0; u < n_keys; u++) {
-                    const real *vu = v + (size_t)(r0 + u) * HK + h * d_head;
-                    for (e = 0; e < d_head; e++) zt[e] += a[u] * vu[e];
-                }
+                for (u = 0; u < n_keys; u++) row[u] = (real)(row[u] / sum);
+                for (u = n_keys; u < T; u++) row[u] = 0;
             }
+
+            /* z[T, d_head] = a v */
+            gemm(matmul_kernel, pack, T, d_head, T, a, T, 1, v + head, HK, 1, z + head, HK, 0);
         }
     }
 }
 
-/* Given dz, adds the gradients of q, k and v (all zeroed by the caller). */
+/* Given dz, stores the gradients of q, k and v. Every row of the batch
+ * belongs to a sequence, so each block is written once and nothing needs
+ * zeroing. datt is scratch of T * T reals. */
 static void attention_backward(real *dq, real *dk, real *dv, real *datt, const real *dz,
                                const real *att, const real *q, const real *k, const real *v,
-                               const Batch *b, int n_heads, int d_head) {
-    int HK = n_heads * d_head, s, h, t, u, e;
-    real scale = (real)(1.0 / sqrt((double)d_head));
+                               const Batch *b, int n_heads, int d_head, real *pack) {
+    int HK = n_heads * d_head, s, h, t, u;
+    double scale = 1.0 / sqrt((double)d_head);
     const real *a = att;
     for (s = 0; s < b->n_seqs; s++) {
         int r0 = b->seq_start[s], T = b->seq_start[s + 1] - r0;
-        for (h = 0; h < n_heads; h++) {
-            for (t = 0; t < T; t++, a += T) {
-                const real *dzt = dz + (size_t)(r0 + t) * HK + h * d_head;
-                const real *qt = q + (size_t)(r0 + t) * HK + h * d_head;
-                real *dqt = dq + (size_t)(r0 + t) * HK + h * d_head;
+        for (h = 0; h < n_heads; h++, a += (size_t)T * T) {
+            size_t head = (size_t)r0 * HK + (size_t)h * d_head;
+
+            /* z = a v: datt = dz v^T and dv = a^T dz */
+            gemm(matmul_kernel, pack, T, T, d_head, dz + head, HK, 1, v + head, 1, HK, datt, T, 0);
+            gemm(matmul_kernel, pack, T, d_head, T, a, 1, T, dz + head, HK, 1, dv + head, HK, 0);
+
+            /* softmax: dscore[t, u] = a[t, u] (datt[t, u] - sum_w a[t, w] datt[t, w]), times the
+             * scale of the scores; stored over datt */
+            for (t = 0; t < T; t++) {
+                const real *arow = a + (size_t)t * T;
+                real *drow = datt + (size_t)t * T;
                 double weighted = 0.0;
-
-                /* forward: z[t] = sum_u att[t,u] v[u], so datt[u] = dz[t] . v[u], dv[u] += att[t,u] dz[t] */
-                for (u = 0; u < T; u++) {
-                    const real *vu = v + (size_t)(r0 + u) * HK + h * d_head;
-                    real *dvu = dv + (size_t)(r0 + u) * HK + h * d_head;
-                    real dot = 0;
-                    for (e = 0; e < d_head; e++) {
-                        dot += dzt[e] * vu[e];
-                        dvu[e] += a[u] * dzt[e];
-                    }
-                    datt[u] = dot;
-                    weighted += (double)a[u] * dot;
-                }
-
-                /* softmax: dscore[u] = att[u] (datt[u] - sum_w att[w] datt[w]); score = q.k * scale */
-                for (u = 0; u < T; u++) {
-                    const real *ku = k + (size_t)(r0 + u) * HK + h * d_head;
-                    real *dku = dk + (size_t)(r0 + u) * HK + h * d_head;
-                    real dscore = (real)(a[u] * (datt[u] - weighted)) * scale;
-                    if (dscore == 0) continue;
-                    for (e = 0; e < d_head; e++) {
-                        dqt[e] += dscore * ku[e];
-                        dku[e] += dscore * qt[e];
-                    }
-                }
+                for (u = 0; u < T; u++) weighted += (double)arow[u] * drow[u];
+                for (u = 0; u < T; u++) drow[u] = (real)(arow[u] * (drow[u] - weighted) * scale);
             }
+
+            /* scores = q k^T: dq = dscore k and dk = dscore^T q */
+            gemm(matmul_kernel, pack, T, d_head, T, datt, T, 1, k + head, HK, 1, dq + head, HK, 0);
+            gemm(matmul_kernel, pack, T, d_head, T, datt, 1, T, q + head, HK, 1, dk + head, HK, 0);
         }
     }
 }
@@ -1638,29 +1994,29 @@ const real *model_forward(const ModelConfig *c, const Weights *w, Workspace *ws,
         real *x_next = l + 1 < c->n_layers ? ws->x_in + (l + 1) * stride_d : ws->x_out;
 
         /* attention: x_mid = x + attn(x) Wo + bo */
-        matmul_nn(q, x, lw->wq, R, D, HK, 0);
-        add_bias(q, lw->bq, R, HK);
-        matmul_nn(k, x, lw->wk, R, D, HK, 0);
-        add_bias(k, lw->bk, R, HK);
-        matmul_nn(v, x, lw->wv, R, D, HK, 0);
-        add_bias(v, lw->bv, R, HK);
+        matmul_nn(ws->pack, q, x, lw->wq, R, D, HK, 0);
+        add_bias(ws->pack, q, lw->bq, R, HK);
+        matmul_nn(ws->pack, k, x, lw->wk, R, D, HK, 0);
+        add_bias(ws->pack, k, lw->bk, R, HK);
+        matmul_nn(ws->pack, v, x, lw->wv, R, D, HK, 0);
+        add_bias(ws->pack, v, lw->bv, R, HK);
         attention_forward(z, ws->att + l * ws->att_per_layer, q, k, v, b, c->n_heads, c->d_head,
-                          c->causal);
+                          c->causal, ws->pack);
         memcpy(x_mid, x, (size_t)R * D * sizeof(real));
-        matmul_nn(x_mid, z, lw->wo, R, HK, D, 1);
-        add_bias(x_mid, lw->bo, R, D);
+        matmul_nn(ws->pack, x_mid, z, lw->wo, R, HK, D, 1);
+        add_bias(ws->pack, x_mid, lw->bo, R, D);
 
         /* MLP: x_next = x_mid + relu(x_mid W1 + b1) W2 + b2 */
-        matmul_nn(hid, x_mid, lw->w1, R, D, M, 0);
-        add_bias(hid, lw->b1, R, M);
+        matmul_nn(ws->pack, hid, x_mid, lw->w1, R, D, M, 0);
+        add_bias(ws->pack, hid, lw->b1, R, M);
         for (i = 0; i < R * M; i++) hid[i] = hid[i] > 0 ? hid[i] : 0;
         memcpy(x_next, x_mid, (size_t)R * D * sizeof(real));
-        matmul_nn(x_next, hid, lw->w2, R, M, D, 1);
-        add_bias(x_next, lw->b2, R, D);
+        matmul_nn(ws->pack, x_next, hid, lw->w2, R, M, D, 1);
+        add_bias(ws->pack, x_next, lw->b2, R, D);
     }
 
-    matmul_nn(ws->y, ws->x_out, w->unembed_w, R, D, c->n_outputs, 0);
-    add_bias(ws->y, w->unembed_b, R, c->n_outputs);
+    matmul_nn(ws->pack, ws->y, ws->x_out, w->unembed_w, R, D, c->n_outputs, 0);
+    add_bias(ws->pack, ws->y, w->unembed_b, R, c->n_outputs);
     return ws->y;
 }
 
@@ -1679,9 +2035,9 @@ void model_backward(const ModelConfig *c, const Weights *w, const Weights *g, Wo
     int l, i;
 
     /* y = x_out U + ub */
-    matmul_tn(g->unembed_w, ws->x_out, dy, D, R, O, 1);
-    add_bias_grad(g->unembed_b, dy, R, O);
-    matmul_nt(dx, dy, w->unembed_w, R, O, D, 0);
+    matmul_tn(ws->pack, g->unembed_w, ws->x_out, dy, D, R, O, 1);
+    add_bias_grad(ws->pack, g->unembed_b, dy, R, O);
+    matmul_nt(ws->pack, dx, dy, w->unembed_w, R, O, D, 0);
 
     for (l = c->n_layers - 1; l >= 0; l--) {
         const LayerWeights *lw = &w->layer[l];
@@ -1691,33 +2047,30 @@ void model_backward(const ModelConfig *c, const Weights *w, const Weights *g, Wo
         const real *z = ws->z + l * stride_hk, *hid = ws->hid + l * stride_m;
 
         /* MLP: x_next = x_mid + relu(x_mid W1 + b1) W2 + b2; dx contains d x_next and becomes d x_mid */
-        matmul_tn(lg->w2, hid, dx, M, R, D, 1);
-        add_bias_grad(lg->b2, dx, R, D);
-        matmul_nt(ws->dhid, dx, lw->w2, R, D, M, 0);
+        matmul_tn(ws->pack, lg->w2, hid, dx, M, R, D, 1);
+        add_bias_grad(ws->pack, lg->b2, dx, R, D);
+        matmul_nt(ws->pack, ws->dhid, dx, lw->w2, R, D, M, 0);
         for (i = 0; i < R * M; i++)
             if (hid[i] <= 0) ws->dhid[i] = 0;
-        matmul_tn(lg->w1, x_mid, ws->dhid, D, R, M, 1);
-        add_bias_grad(lg->b1, ws->dhid, R, M);
-        matmul_nt(dx, ws->dhid, lw->w1, R, M, D, 1);
+        matmul_tn(ws->pack, lg->w1, x_mid, ws->dhid, D, R, M, 1);
+        add_bias_grad(ws->pack, lg->b1, ws->dhid, R, M);
+        matmul_nt(ws->pack, dx, ws->dhid, lw->w1, R, M, D, 1);
 
         /* attention: x_mid = x + z Wo + bo; dx contains d x_mid and becomes d x */
-        matmul_tn(lg->wo, z, dx, HK, R, D, 1);
-        add_bias_grad(lg->bo, dx, R, D);
-        matmul_nt(ws->dz, dx, lw->wo, R, D, HK, 0);
-        memset(ws->dq, 0, (size_t)R * HK * sizeof(real));
-        memset(ws->dk, 0, (size_t)R * HK * sizeof(real));
-        memset(ws->dv, 0, (size_t)R * HK * sizeof(real));
-        attention_backward(ws->dq, ws->dk, ws->dv, ws->scores, ws->dz, ws->att + l * ws->att_per_layer,
-                           q, k, v, b, c->n_heads, c->d_head);
-        matmul_tn(lg->wq, x, ws->dq, D, R, HK, 1);
-        add_bias_grad(lg->bq, ws->dq, R, HK);
-        matmul_tn(lg->wk, x, ws->dk, D, R, HK, 1);
-        add_bias_grad(lg->bk, ws->dk, R, HK);
-        matmul_tn(lg->wv, x, ws->dv, D, R, HK, 1);
-        add_bias_grad(lg->bv, ws->dv, R, HK);
-        matmul_nt(dx, ws->dq, lw->wq, R, HK, D, 1);
-        matmul_nt(dx, ws->dk, lw->wk, R, HK, D, 1);
-        matmul_nt(dx, ws->dv, lw->wv, R, HK, D, 1);
+        matmul_tn(ws->pack, lg->wo, z, dx, HK, R, D, 1);
+        add_bias_grad(ws->pack, lg->bo, dx, R, D);
+        matmul_nt(ws->pack, ws->dz, dx, lw->wo, R, D, HK, 0);
+        attention_backward(ws->dq, ws->dk, ws->dv, ws->datt, ws->dz, ws->att + l * ws->att_per_layer,
+                           q, k, v, b, c->n_heads, c->d_head, ws->pack);
+        matmul_tn(ws->pack, lg->wq, x, ws->dq, D, R, HK, 1);
+        add_bias_grad(ws->pack, lg->bq, ws->dq, R, HK);
+        matmul_tn(ws->pack, lg->wk, x, ws->dk, D, R, HK, 1);
+        add_bias_grad(ws->pack, lg->bk, ws->dk, R, HK);
+        matmul_tn(ws->pack, lg->wv, x, ws->dv, D, R, HK, 1);
+        add_bias_grad(ws->pack, lg->bv, ws->dv, R, HK);
+        matmul_nt(ws->pack, dx, ws->dq, lw->wq, R, HK, D, 1);
+        matmul_nt(ws->pack, dx, ws->dk, lw->wk, R, HK, D, 1);
+        matmul_nt(ws->pack, dx, ws->dv, lw->wv, R, HK, D, 1);
     }
 
     embed_backward(g->token_embed, g->pos_embed, b, dx, D);
@@ -2143,16 +2496,31 @@ static int batch_samples(const int *order, int n_samples, int batch, int index, 
     return n_samples - start < batch ? n_samples - start : batch;
 }
 
+/* Normals drawn per block of the SGLD update; the block stays in L1. */
+enum { SGLD_NOISE_BLOCK = 1024 };
+
+/* Bytes of the estimator's own state per chain: parameters, gradient,
+ * sample order and a block of normals, in one arena (the problem's
+ * chain_new adds its own). */
+static size_t sgld_chain_bytes(const LlcProblem *p) {
+    Arena a = arena_measuring();
+    arena_take(&a, p->n_params, sizeof(real));
+    arena_take(&a, p->n_params, sizeof(real));
+    arena_take(&a, (size_t)p->n_samples, sizeof(int));
+    arena_take(&a, SGLD_NOISE_BLOCK, sizeof(real));
+    return a.used;
+}
+
 static void run_chain(EstimateJob *job, int c) {
     const LlcProblem *p = job->p;
     const SgldSettings *s = job->s;
     LlcResult *r = job->r;
-    size_t n = p->n_params, j;
+    size_t n = p->n_params, j, j0;
     int n_batches = (p->n_samples + s->batch - 1) / s->batch;
     long n_steps = (long)s->draws * s->every + s->burnin, i;
-    real *w = xmalloc(n * sizeof(real), "a chain's parameters");
-    real *grad = xmalloc(n * sizeof(real), "a chain's gradient");
-    int *order = xmalloc((size_t)p->n_samples * sizeof(int), "a chain's sample order");
+    Arena state;
+    real *w, *grad, *xi;
+    int *order;
     const real half_lr = (real)(s->lr / 2), sqrt_lr = (real)sqrt(s->lr), nbeta = (real)r->nbeta;
     const real localization = (real)s->localization, noise = (real)s->noise_level;
     unsigned long long n_unchanged = 0, n_unchanged_nonzero = 0, n_nonzero = 0;
@@ -2160,6 +2528,12 @@ static void run_chain(EstimateJob *job, int c) {
     void *chain;
     Rng rng;
     int k;
+
+    arena_init(&state, sgld_chain_bytes(p), "a chain's parameters");
+    w = arena_take(&state, n, sizeof(real));
+    grad = arena_take(&state, n, sizeof(real));
+    order = arena_take(&state, (size_t)p->n_samples, sizeof(int));
+    xi = arena_take(&state, SGLD_NOISE_BLOCK, sizeof(real));
 
     /* chain c uses the stream that starts c + 1 jumps after the seed's */
     rng_seed(&rng, s->seed);
@@ -2183,15 +2557,22 @@ static void run_chain(EstimateJob *job, int c) {
             if (isfinite(loss)) r->draws_done[c] = draw + 1;
         }
 
-        /* w <- w - (lr/2)(nbeta g + localization (w - w*)) + sqrt(lr) noise xi */
-        for (j = 0; j < n; j++) {
-            real old = w[j];
-            real drift = nbeta * grad[j] + localization * (old - p->w_star[j]);
-            real step = -half_lr * drift + sqrt_lr * noise * (real)rng_normal(&rng);
-            w[j] = old + step;
-            n_unchanged += w[j] == old && step != 0;
-            n_unchanged_nonzero += w[j] == old && step != 0 && p->w_star[j] != 0;
-            diverged |= !isfinite(w[j]);
+        /* w <- w - (lr/2)(nbeta g + localization (w - w*)) + sqrt(lr) noise xi, with the
+         * normals xi drawn a block at a time */
+        for (j0 = 0; j0 < n; j0 += SGLD_NOISE_BLOCK) {
+            size_t len = n - j0 < SGLD_NOISE_BLOCK ? n - j0 : SGLD_NOISE_BLOCK;
+            real *wb = w + j0;
+            const real *gb = grad + j0, *w0 = p->w_star + j0;
+            rng_fill_normal(&rng, xi, len);
+            for (j = 0; j < len; j++) {
+                real old = wb[j];
+                real drift = nbeta * gb[j] + localization * (old - w0[j]);
+                real step = -half_lr * drift + sqrt_lr * noise * xi[j];
+                wb[j] = old + step;
+                n_unchanged += wb[j] == old && step != 0;
+                n_unchanged_nonzero += wb[j] == old && step != 0 && w0[j] != 0;
+                diverged |= !isfinite(wb[j]);
+            }
         }
         if (!isfinite(loss) || diverged) {
             r->diverged_step[c] = (int)i;
@@ -2213,9 +2594,7 @@ static void run_chain(EstimateJob *job, int c) {
     job_unlock(job);
 
     p->chain_free(chain);
-    free(w);
-    free(grad);
-    free(order);
+    arena_free(&state);
 }
 
 static void *chain_worker(void *arg) {
@@ -2354,22 +2733,45 @@ typedef struct {
     Workspace *ws;
     int *ids, *seq_start, *row_src;
     real *dy;
+    Arena arena;         /* holds this struct and every buffer above */
 } ModelChain;
+
+/* Points a chain's buffers into the arena (or only measures them). */
+static void model_chain_layout(ModelChain *ch, Arena *a, const ModelProblem *mp) {
+    const Model *m = mp->m;
+    size_t max_rows = (size_t)mp->max_batch * (size_t)(m->cfg.max_seq_len + 1);
+    Workspace measured;
+    ch->mp = mp;
+    ch->w.layer = arena_take(a, (size_t)m->cfg.n_layers, sizeof(LayerWeights));
+    ch->g.layer = arena_take(a, (size_t)m->cfg.n_layers, sizeof(LayerWeights));
+    ch->grad_fixed = arena_take(a, m->n_fixed, sizeof(real));
+    ch->ws = arena_take(a, 1, sizeof(Workspace));
+    workspace_layout(ch->ws ? ch->ws : &measured, a, &m->cfg, mp->max_batch);
+    ch->ids = arena_take(a, max_rows, sizeof(int));
+    ch->row_src = arena_take(a, max_rows, sizeof(int));
+    ch->seq_start = arena_take(a, (size_t)mp->max_batch + 1, sizeof(int));
+    ch->dy = arena_take(a, max_rows * (size_t)m->cfg.n_outputs, sizeof(real));
+}
+
+/* Bytes of one chain's arena: activations, batch buffers and gradients of
+ * the fixed tensors. */
+static size_t model_chain_bytes(const ModelProblem *mp) {
+    Arena a = arena_measuring();
+    ModelChain measured;
+    arena_take(&a, 1, sizeof(ModelChain));
+    model_chain_layout(&measured, &a, mp);
+    return a.used;
+}
 
 static void *model_chain_new(const LlcProblem *p, real *w) {
     const ModelProblem *mp = p->ctx;
-    const Model *m = mp->m;
-    ModelChain *ch = xcalloc(1, sizeof(ModelChain), "a chain");
-    ch->mp = mp;
-    weights_alloc(m, &ch->w);
-    weights_alloc(m, &ch->g);
-    weights_bind(m, w, m->fixed, &ch->w);
-    ch->grad_fixed = xcalloc(m->n_fixed, sizeof(real), "a chain's gradient");
-    ch->ws = workspace_new(&m->cfg, mp->max_batch);
-    ch->ids = xmalloc((size_t)ch->ws->max_rows * sizeof(int), "a batch");
-    ch->row_src = xmalloc((size_t)ch->ws->max_rows * sizeof(int), "a batch");
-    ch->seq_start = xmalloc((size_t)(mp->max_batch + 1) * sizeof(int), "a batch");
-    ch->dy = xmalloc((size_t)ch->ws->max_rows * m->cfg.n_outputs * sizeof(real), "a batch");
+    ModelChain *ch;
+    Arena a;
+    arena_init(&a, model_chain_bytes(mp), "a chain's buffers");
+    ch = arena_take(&a, 1, sizeof(ModelChain));
+    model_chain_layout(ch, &a, mp);
+    weights_bind(mp->m, w, mp->m->fixed, &ch->w);
+    ch->arena = a;
     return ch;
 }
 
@@ -2390,15 +2792,8 @@ static double model_loss_grad(void *chain, const int *samples, int n, real *grad
 
 static void model_chain_free(void *chain) {
     ModelChain *ch = chain;
-    free(ch->w.layer);
-    free(ch->g.layer);
-    free(ch->grad_fixed);
-    workspace_free(ch->ws);
-    free(ch->ids);
-    free(ch->row_src);
-    free(ch->seq_start);
-    free(ch->dy);
-    free(ch);
+    Arena a = ch->arena;   /* ch lives inside it */
+    arena_free(&a);
 }
 
 static LlcProblem model_problem(ModelProblem *mp) {
@@ -4041,22 +4436,23 @@ static double parse_bytes(const char *text) {
 static double measured_flops_per_second(void) {
     static double rate = 0.0;
     enum { M = 96, K = 256, N = 256 };
-    real *A, *B, *C;
+    real *A, *B, *C, *pack;
     double t0, elapsed;
     int reps = 0;
     if (rate > 0) return rate;
     A = xcalloc(M * K, sizeof(real), "a benchmark");
     B = xcalloc(K * N, sizeof(real), "a benchmark");
     C = xcalloc(M * N, sizeof(real), "a benchmark");
+    pack = xcalloc(MM_PACK_REALS, sizeof(real), "a benchmark");
     A[0] = B[0] = 1;
     t0 = now_seconds();
     do {
-        matmul_nn(C, A, B, M, K, N, 0);
+        matmul_nn(pack, C, A, B, M, K, N, 0);
         reps++;
         elapsed = now_seconds() - t0;
     } while (elapsed < 0.05);
     rate = 2.0 * M * K * N * reps / elapsed;
-    free(A), free(B), free(C);
+    free(A), free(B), free(C), free(pack);
     return rate;
 }
 

@@ -70,50 +70,88 @@ static double max_abs_diff(const real *a, const real *b, size_t n) {
     return m;
 }
 
+/* Every kernel against the double-accumulating reference, on sizes that
+ * leave edge tiles in both directions and span several K, M and N blocks.
+ * A float32 sum of K products of N(0, 1) values has rounding error about
+ * eps * K in the worst case; the tolerance is 4 eps sqrt(K) times the
+ * largest |C| seen, which the blocked sums stay well inside. */
+static void check_kernel(const MatmulKernel *kern, int M, int K, int N, Rng *rng) {
+    real *A = xmalloc((size_t)M * K * sizeof(real), "A"), *B = xmalloc((size_t)K * N * sizeof(real), "B");
+    real *C = xmalloc((size_t)M * N * sizeof(real), "C"), *R = xmalloc((size_t)M * N * sizeof(real), "R");
+    real *At = xmalloc((size_t)M * K * sizeof(real), "At"), *Bt = xmalloc((size_t)K * N * sizeof(real), "Bt");
+    real *pack = xmalloc(MM_PACK_REALS * sizeof(real), "pack");
+    double eps = is_double ? DBL_EPSILON : FLT_EPSILON;
+    int i, k, acc, shape;
+    fill_normal(A, (size_t)M * K, rng);
+    fill_normal(B, (size_t)K * N, rng);
+    for (i = 0; i < M; i++)
+        for (k = 0; k < K; k++) At[(size_t)k * M + i] = A[(size_t)i * K + k];
+    for (k = 0; k < K; k++)
+        for (i = 0; i < N; i++) Bt[(size_t)i * K + k] = B[(size_t)k * N + i];
+    for (acc = 0; acc <= 1; acc++) {
+        for (shape = 0; shape < 3; shape++) {
+            static const char *names[3] = {"nn", "nt", "tn"};
+            double d, scale = 1.0, tol;
+            size_t j;
+            fill_normal(C, (size_t)M * N, rng);
+            memcpy(R, C, (size_t)M * N * sizeof(real));
+            if (shape == 0) {
+                gemm(kern, pack, M, N, K, A, K, 1, B, N, 1, C, N, acc);
+                matmul_nn_ref(R, A, B, M, K, N, acc);
+            } else if (shape == 1) {
+                gemm(kern, pack, M, N, K, A, K, 1, Bt, 1, K, C, N, acc);
+                matmul_nt_ref(R, A, Bt, M, K, N, acc);
+            } else {
+                gemm(kern, pack, M, N, K, At, 1, M, B, N, 1, C, N, acc);
+                matmul_tn_ref(R, At, B, M, K, N, acc);
+            }
+            for (j = 0; j < (size_t)M * N; j++)
+                if (fabs((double)R[j]) > scale) scale = fabs((double)R[j]);
+            tol = 4 * eps * sqrt((double)K) * scale;
+            d = max_abs_diff(C, R, (size_t)M * N);
+            CHECK(d <= tol, "%s kernel, matmul_%s %dx%dx%d acc %d: max diff %g > %g", kern->name, names[shape],
+                  M, K, N, acc, d, tol);
+        }
+    }
+    free(A), free(B), free(C), free(R), free(At), free(Bt), free(pack);
+}
+
 static void test_matmul_paths(void) {
     static const int sizes[][3] = {{1, 1, 1}, {3, 5, 7}, {17, 33, 9}, {64, 64, 64}, {33, 257, 515},
-                                   {130, 7, 600}, {5, 600, 3}, {1, 1000, 1}};
+                                   {130, 7, 600}, {5, 600, 3}, {1, 1000, 1}, {97, 520, 259}, {6, 16, 16}};
     size_t s;
     Rng rng;
     rng_seed(&rng, 7);
     for (s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
-        int M = sizes[s][0], K = sizes[s][1], N = sizes[s][2], acc;
-        real *A = xmalloc((size_t)M * K * sizeof(real), "A"), *B = xmalloc((size_t)K * N * sizeof(real), "B");
-        real *C = xmalloc((size_t)M * N * sizeof(real), "C"), *R = xmalloc((size_t)M * N * sizeof(real), "R");
-        real *At = xmalloc((size_t)M * K * sizeof(real), "At"), *Bt = xmalloc((size_t)K * N * sizeof(real), "Bt");
-        double tol = (is_double ? 1e-12 : 2e-5) * sqrt((double)K) * 4;
-        int i, k;
-        fill_normal(A, (size_t)M * K, &rng);
-        fill_normal(B, (size_t)K * N, &rng);
-        for (i = 0; i < M; i++)
-            for (k = 0; k < K; k++) At[(size_t)k * M + i] = A[(size_t)i * K + k];
-        for (k = 0; k < K; k++)
-            for (i = 0; i < N; i++) Bt[(size_t)i * K + k] = B[(size_t)k * N + i];
-        for (acc = 0; acc <= 1; acc++) {
-            double d;
-            fill_normal(C, (size_t)M * N, &rng);
-            memcpy(R, C, (size_t)M * N * sizeof(real));
-            matmul_nn(C, A, B, M, K, N, acc);
-            matmul_nn_ref(R, A, B, M, K, N, acc);
-            d = max_abs_diff(C, R, (size_t)M * N);
-            CHECK(d <= tol, "matmul_nn %dx%dx%d acc %d: max diff %g > %g", M, K, N, acc, d, tol);
-
-            fill_normal(C, (size_t)M * N, &rng);
-            memcpy(R, C, (size_t)M * N * sizeof(real));
-            matmul_nt(C, A, Bt, M, K, N, acc);
-            matmul_nt_ref(R, A, Bt, M, K, N, acc);
-            d = max_abs_diff(C, R, (size_t)M * N);
-            CHECK(d <= tol, "matmul_nt %dx%dx%d acc %d: max diff %g > %g", M, K, N, acc, d, tol);
-
-            fill_normal(C, (size_t)M * N, &rng);
-            memcpy(R, C, (size_t)M * N * sizeof(real));
-            matmul_tn(C, At, B, M, K, N, acc);
-            matmul_tn_ref(R, At, B, M, K, N, acc);
-            d = max_abs_diff(C, R, (size_t)M * N);
-            CHECK(d <= tol, "matmul_tn %dx%dx%d acc %d: max diff %g > %g", M, K, N, acc, d, tol);
-        }
-        free(A), free(B), free(C), free(R), free(At), free(Bt);
+        check_kernel(&matmul_portable, sizes[s][0], sizes[s][1], sizes[s][2], &rng);
+        check_kernel(matmul_kernel, sizes[s][0], sizes[s][1], sizes[s][2], &rng);
     }
+}
+
+/* The wrappers pass the right strides: each equals the reference on one size. */
+static void test_matmul_wrappers(void) {
+    enum { M = 37, K = 300, N = 21 };
+    real *A = xmalloc((size_t)M * K * sizeof(real), "A"), *B = xmalloc((size_t)K * N * sizeof(real), "B");
+    real *C = xmalloc((size_t)M * N * sizeof(real), "C"), *R = xmalloc((size_t)M * N * sizeof(real), "R");
+    real *At = xmalloc((size_t)K * M * sizeof(real), "At"), *Bt = xmalloc((size_t)N * K * sizeof(real), "Bt");
+    real *pack = xmalloc(MM_PACK_REALS * sizeof(real), "pack");
+    double tol = (is_double ? 1e-12 : 1e-4);
+    Rng rng;
+    rng_seed(&rng, 8);
+    fill_normal(A, (size_t)M * K, &rng);
+    fill_normal(B, (size_t)K * N, &rng);
+    fill_normal(At, (size_t)K * M, &rng);
+    fill_normal(Bt, (size_t)N * K, &rng);
+    matmul_nn(pack, C, A, B, M, K, N, 0);
+    matmul_nn_ref(R, A, B, M, K, N, 0);
+    CHECK(max_abs_diff(C, R, (size_t)M * N) <= tol, "matmul_nn differs by %g", max_abs_diff(C, R, (size_t)M * N));
+    matmul_nt(pack, C, A, Bt, M, K, N, 0);
+    matmul_nt_ref(R, A, Bt, M, K, N, 0);
+    CHECK(max_abs_diff(C, R, (size_t)M * N) <= tol, "matmul_nt differs by %g", max_abs_diff(C, R, (size_t)M * N));
+    matmul_tn(pack, C, At, B, M, K, N, 0);
+    matmul_tn_ref(R, At, B, M, K, N, 0);
+    CHECK(max_abs_diff(C, R, (size_t)M * N) <= tol, "matmul_tn differs by %g", max_abs_diff(C, R, (size_t)M * N));
+    free(A), free(B), free(C), free(R), free(At), free(Bt), free(pack);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -132,6 +170,26 @@ static void test_rng_normal_moments(void) {
     /* mean has std 1/sqrt(n) = 0.0022; variance about sqrt(2/n) = 0.0032 */
     CHECK(fabs(sum / n) < 0.01, "mean %g", sum / n);
     CHECK(fabs(sq / n - 1.0) < 0.015, "variance %g", sq / n);
+}
+
+/* Tail probabilities P(|x| > t) of the standard normal, at t = 1, 2, 3 and
+ * beyond the ziggurat's tail start 3.6541528853610088 (erfc(t / sqrt 2)).
+ * With n = 10^6 draws each count is within 5 of its standard deviations. */
+static void test_rng_normal_tails(void) {
+    static const double t[4] = {1.0, 2.0, 3.0, 3.6541528853610088};
+    long count[4] = {0, 0, 0, 0}, n = 1000000, i;
+    int k;
+    Rng rng;
+    rng_seed(&rng, 4);
+    for (i = 0; i < n; i++) {
+        double x = fabs(rng_normal(&rng));
+        for (k = 0; k < 4; k++) count[k] += x > t[k];
+    }
+    for (k = 0; k < 4; k++) {
+        double p = erfc(t[k] / sqrt(2.0)), expected = p * n, sd = sqrt(n * p * (1 - p));
+        CHECK(fabs(count[k] - expected) <= 5 * sd, "P(|x| > %g): %ld draws, expected %.0f +- %.0f", t[k],
+              count[k], expected, sd);
+    }
 }
 
 static void test_rng_jump_streams_differ(void) {
@@ -1072,8 +1130,11 @@ static void test_landscape_exact_quadratic(void) {
 int main(int argc, char **argv) {
     if (argc > 1 && argv[1][0]) g_model_dir = argv[1];
     g_program = "test_llc";
+    printf("# matmul kernel: %s\n", matmul_kernel->name);
     run_test("matmul paths vs reference", test_matmul_paths);
+    run_test("matmul wrappers vs reference", test_matmul_wrappers);
     run_test("rng normal moments", test_rng_normal_moments);
+    run_test("rng normal tails", test_rng_normal_tails);
     run_test("rng jump streams differ", test_rng_jump_streams_differ);
     run_test("weight file round trip", test_weight_file_round_trip);
     run_test("gradient random models", test_gradient_random_models);
