@@ -30,13 +30,17 @@ tests/test_llc: tests/test_llc.c llc.c llc.h
 tests/test_llc64: tests/test_llc.c llc.c llc.h
 	$(CC) $(ALL_CFLAGS) -DLLC_DOUBLE -o $@ tests/test_llc.c $(LDLIBS)
 
+# The float32 unit tests on the portable matmul kernel, as on a machine without SIMD.
+tests/test_llc_nosimd: tests/test_llc.c llc.c llc.h
+	$(CC) $(ALL_CFLAGS) -DLLC_NO_SIMD -o $@ tests/test_llc.c $(LDLIBS)
+
 # The main job on a shipped model: size, sparsity and LLC of `sort` at max_seq_len 5.
 MODEL ?= tracr_weights/sort_n5.llcw
 run: llc
 	./llc info $(MODEL)
 	./llc estimate $(MODEL) --json llc_result.json --trace llc_trace.csv
 
-test: llc llc64 tests/test_llc tests/test_llc64
+test: llc llc64 tests/test_llc tests/test_llc64 tests/test_llc_nosimd
 	sh tests/run
 
 # Regenerates the shipped models (nine programs at max_seq_len 5 and 10).
@@ -47,6 +51,6 @@ weights:
 	done; done
 
 clean:
-	rm -f llc llc64 tests/test_llc tests/test_llc64 llc_result.json llc_trace.csv
+	rm -f llc llc64 tests/test_llc tests/test_llc64 tests/test_llc_nosimd llc_result.json llc_trace.csv
 
 .PHONY: all run test weights clean

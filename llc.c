@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <dirent.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -152,6 +153,19 @@ static double now_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Peak resident set size of this process in bytes, from getrusage(), or -1
+ * when it fails. ru_maxrss counts kilobytes on Linux and the BSDs but bytes
+ * on macOS. */
+static long long peak_memory_bytes(void) {
+    struct rusage usage;
+    if (getrusage(RUSAGE_SELF, &usage) != 0) return -1;
+#ifdef __APPLE__
+    return (long long)usage.ru_maxrss;
+#else
+    return (long long)usage.ru_maxrss * 1024;
+#endif
 }
 
 /* Set by SIGINT; long loops finish their current step and stop. */
@@ -4508,6 +4522,9 @@ typedef struct {
     double lr;                 /* after lr_scale */
     double memory_bytes, estimated_seconds;
     int n_samples;
+    long long peak_memory_bytes;   /* from getrusage(), or -1 */
+    size_t model_bytes;            /* the parameter arena */
+    size_t chain_bytes;            /* one chain's arenas */
 } EstimateInfo;
 
 static void write_estimate_json(FILE *f, const EstimateInfo *info, const SgldSettings *s, const LlcResult *r) {
@@ -4548,6 +4565,9 @@ static void write_estimate_json(FILE *f, const EstimateInfo *info, const SgldSet
     json_num(&j, "unchanged_update_fraction_nonzero", r->unchanged_fraction_nonzero);
     json_num(&j, "memory_estimate_bytes", info->memory_bytes);
     json_num(&j, "seconds", r->seconds);
+    json_int(&j, "peak_memory_bytes", info->peak_memory_bytes);
+    json_int(&j, "model_arena_bytes", (long long)info->model_bytes);
+    json_int(&j, "chain_arena_bytes", (long long)info->chain_bytes);
     json_object(&j, "settings");
     json_num(&j, "lr", info->lr);
     json_num(&j, "base_lr", q->s.lr);
@@ -4679,6 +4699,9 @@ static int estimate_job(const EstimateRequest *q) {
     if (has_teacher) info.teacher_path = q->teacher_path ? q->teacher_path : model_meta(&m, "teacher");
     info.loss = loss_name(loss);
     info.n_nonzero = model_count_nonzero(&m);
+    info.peak_memory_bytes = peak_memory_bytes();
+    info.model_bytes = (m.n_params + m.n_fixed) * sizeof(real);
+    info.chain_bytes = sgld_chain_bytes(&problem) + model_chain_bytes(&mp);
 
     if (q->summary) {
         printf("model        %s (%s, max_seq_len %d)\n", q->model_path, model_program(&m), m.cfg.max_seq_len);
@@ -4704,6 +4727,12 @@ static int estimate_job(const EstimateRequest *q) {
             printf("\n");
         }
         printf("time         %.2f s\n", r.seconds);
+        if (info.peak_memory_bytes >= 0)
+            printf("memory       peak %.1f MiB resident (getrusage); ", info.peak_memory_bytes / 1048576.0);
+        else
+            printf("memory       peak unknown (getrusage failed); ");
+        printf("arenas: parameters %.2f MiB, %.2f MiB per chain\n", info.model_bytes / 1048576.0,
+               info.chain_bytes / 1048576.0);
     }
     for (i = 0; i < r.chains; i++)
         if (r.diverged_step[i] >= 0)

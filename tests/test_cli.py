@@ -102,10 +102,14 @@ def test_estimate_json():
     rows = open(trace).read().strip().split("\n")
     expect(rows[0] == "chain,draw,step,loss" and len(rows) == 61, f"trace CSV has {len(rows)} lines")
     expect("llc_mean" in result.stdout, "no summary on stdout")
+    expect("memory       peak" in result.stdout, "the summary has no peak memory")
+    expect(data["chain_arena_bytes"] > 0, f"chain_arena_bytes {data['chain_arena_bytes']}")
+    expect(data["peak_memory_bytes"] > data["chain_arena_bytes"],
+           f"peak_memory_bytes {data['peak_memory_bytes']} is below one chain's arena {data['chain_arena_bytes']}")
 
 
 def test_estimate_seeded_repeat():
-    _, a = estimate_json("--seed", 9)
+    _, a = estimate_json("--seed", 9, "--threads", 2)
     _, b = estimate_json("--seed", 9, "--threads", 1)
     _, c = estimate_json("--seed", 10)
     expect(a["loss_trace"] == b["loss_trace"], "same seed, different thread counts: traces differ")

@@ -272,6 +272,39 @@ static void test_weight_file_round_trip(void) {
     remove(path);
 }
 
+/* A chain's arena is measured by the same layout that fills it, so it is
+ * used to the byte, and its buffers are aligned for SIMD loads. */
+static void test_chain_arena_exact_size(void) {
+    Model m;
+    Dataset d;
+    ModelProblem mp;
+    LlcProblem p;
+    ModelChain *ch;
+    Workspace *ws;
+    Rng rng;
+    make_random_model(&m, 2, 3, 8, 4, 6, 5, 6, 4, OUTPUT_CATEGORICAL, 0, 1.0, 12);
+    rng_seed(&rng, 3);
+    dataset_random(&d, &m.cfg, 7, &rng);
+    mp.m = &m;
+    mp.data = &d;
+    mp.loss = LOSS_CE;
+    mp.max_batch = 7;
+    p = model_problem(&mp);
+    ch = p.chain_new(&p, m.params);
+    CHECK(ch->arena.used == ch->arena.size, "chain arena: %zu of %zu bytes used", ch->arena.used, ch->arena.size);
+    CHECK(ch->arena.size == model_chain_bytes(&mp), "chain arena has %zu bytes, model_chain_bytes %zu",
+          ch->arena.size, model_chain_bytes(&mp));
+    CHECK((uintptr_t)ch->ws->pack % ARENA_ALIGN == 0, "the pack buffer is not aligned");
+    CHECK((uintptr_t)ch->dy % ARENA_ALIGN == 0, "dy is not aligned");
+    p.chain_free(ch);
+    ws = workspace_new(&m.cfg, 3);
+    CHECK(ws->owned.used == ws->owned.size, "workspace arena: %zu of %zu bytes used", ws->owned.used,
+          ws->owned.size);
+    workspace_free(ws);
+    dataset_free(&d);
+    model_free(&m);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Gradients by central finite differences                                   */
 
@@ -1137,6 +1170,7 @@ int main(int argc, char **argv) {
     run_test("rng normal tails", test_rng_normal_tails);
     run_test("rng jump streams differ", test_rng_jump_streams_differ);
     run_test("weight file round trip", test_weight_file_round_trip);
+    run_test("chain arena exact size", test_chain_arena_exact_size);
     run_test("gradient random models", test_gradient_random_models);
     run_test("gradient tracr models", test_gradient_tracr_models);
     run_test("gradient distilled student", test_gradient_student);
