@@ -775,14 +775,15 @@ static void matmul_tn_ref(real *C, const real *A, const real *B, int M, int K, i
     }
 }
 
-/* A micro-kernel computes one MR x NR tile of C from kc steps:
+/* A micro-kernel computes an m x n tile of C (m <= MR, n <= NR) from kc steps:
  *   tile[i, j] = sum_k A(i, k) b[k * ldb + j],   A(i, k) = a[i * rs_a + k * cs_a]
  * and stores it into c (row stride ldc), adding to what is there when add
- * is set. b is a sliver of B with NR contiguous values per k: rows of B in
- * place, or a packed copy. A is read in place through its two strides,
- * which serve both A and A^T. */
+ * is set. b holds NR contiguous values per k, rows of B in place or a
+ * packed copy, of which only the first n are read. A is read in place
+ * through its two strides, which serve both A and A^T. Kernels never read
+ * or write past row m or column n, so edge tiles need no copies. */
 typedef void MicroKernelFn(int kc, const real *a, ptrdiff_t rs_a, ptrdiff_t cs_a, const real *b,
-                           ptrdiff_t ldb, real *c, ptrdiff_t ldc, int add);
+                           ptrdiff_t ldb, real *c, ptrdiff_t ldc, int m, int n, int add);
 
 typedef struct {
     const char *name;
@@ -790,22 +791,44 @@ typedef struct {
     MicroKernelFn *run;
 } MatmulKernel;
 
-/* Block sizes: a KC x NC block of B, packed, fits in L2 (256 KiB in float32),
+/* Block sizes: a KC x NC block of op(B) fits in L2 (256 KiB in float32),
  * one KC x NR sliver of it fits in L1, and MC rows of A are reused across
- * the slivers of a block. MC is a multiple of every kernel's MR. */
-enum { MM_KC = 256, MM_NC = 256, MM_MC = 96, MM_MR_MAX = 8, MM_NR_MAX = 16 };
+ * the slivers of a block. */
+enum { MM_KC = 256, MM_NC = 256, MM_MC = 96 };
 
 /* Reals of scratch that gemm() packs B into. */
 #define MM_PACK_REALS ((size_t)MM_KC * MM_NC)
 
-/* The portable kernel: plain loops over a 4 x 8 tile that compilers keep in
- * registers and may vectorise. */
+/* The offset of row i of an m-row tile of A: rows past m repeat row m - 1,
+ * so SIMD kernels compute them from valid memory and then drop them. */
+#define MM_ROW(i, m, rs) ((ptrdiff_t)((i) < (m) ? (i) : (m) - 1) * (rs))
+
+/* Plain loops over an m x n tile, for the portable kernel and for the edge
+ * tiles of the NEON kernel. */
+static void tile_scalar(int kc, const real *a, ptrdiff_t rs_a, ptrdiff_t cs_a, const real *b, ptrdiff_t ldb,
+                        real *c, ptrdiff_t ldc, int m, int n, int add) {
+    int i, j, k;
+    for (i = 0; i < m; i++) {
+        for (j = 0; j < n; j++) {
+            real sum = 0;
+            for (k = 0; k < kc; k++) sum += a[i * rs_a + k * cs_a] * b[k * ldb + j];
+            c[i * ldc + j] = add ? c[i * ldc + j] + sum : sum;
+        }
+    }
+}
+
+/* The portable kernel: a 4 x 8 tile kept in a local array that compilers
+ * hold in registers and may vectorise. */
 enum { PORTABLE_MR = 4, PORTABLE_NR = 8 };
 
 static void kernel_portable(int kc, const real *a, ptrdiff_t rs_a, ptrdiff_t cs_a, const real *b,
-                            ptrdiff_t ldb, real *c, ptrdiff_t ldc, int add) {
+                            ptrdiff_t ldb, real *c, ptrdiff_t ldc, int m, int n, int add) {
     real tile[PORTABLE_MR][PORTABLE_NR];
     int i, j, k;
+    if (m < PORTABLE_MR || n < PORTABLE_NR) {
+        tile_scalar(kc, a, rs_a, cs_a, b, ldb, c, ldc, m, n, add);
+        return;
+    }
     memset(tile, 0, sizeof tile);
     for (k = 0; k < kc; k++, a += cs_a, b += ldb) {
         for (i = 0; i < PORTABLE_MR; i++) {
@@ -825,37 +848,64 @@ static const MatmulKernel matmul_portable = {"portable", PORTABLE_MR, PORTABLE_N
 
 #ifndef LLC_DOUBLE
 /* 6 x 16 float32 tile: 12 ymm accumulators, two ymm of B and one broadcast
- * of A per row and step, so both FMA ports stay busy. */
+ * of A per row and step, so both FMA ports stay busy. Columns past n are
+ * masked off in loads and stores. */
 static void kernel_avx2(int kc, const float *a, ptrdiff_t rs_a, ptrdiff_t cs_a, const float *b,
-                        ptrdiff_t ldb, float *c, ptrdiff_t ldc, int add) {
+                        ptrdiff_t ldb, float *c, ptrdiff_t ldc, int m, int n, int add) {
+    const ptrdiff_t r1 = MM_ROW(1, m, rs_a), r2 = MM_ROW(2, m, rs_a), r3 = MM_ROW(3, m, rs_a);
+    const ptrdiff_t r4 = MM_ROW(4, m, rs_a), r5 = MM_ROW(5, m, rs_a);
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i mask_lo = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lanes);
+    const __m256i mask_hi = _mm256_cmpgt_epi32(_mm256_set1_epi32(n - 8), lanes);
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    __m256 b0, b1, ai;
     int k;
-    for (k = 0; k < kc; k++, a += cs_a, b += ldb) {
-        const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
-        __m256 ai;
-        ai = _mm256_broadcast_ss(a);
-        c00 = _mm256_fmadd_ps(ai, b0, c00), c01 = _mm256_fmadd_ps(ai, b1, c01);
-        ai = _mm256_broadcast_ss(a + rs_a);
-        c10 = _mm256_fmadd_ps(ai, b0, c10), c11 = _mm256_fmadd_ps(ai, b1, c11);
-        ai = _mm256_broadcast_ss(a + 2 * rs_a);
-        c20 = _mm256_fmadd_ps(ai, b0, c20), c21 = _mm256_fmadd_ps(ai, b1, c21);
-        ai = _mm256_broadcast_ss(a + 3 * rs_a);
-        c30 = _mm256_fmadd_ps(ai, b0, c30), c31 = _mm256_fmadd_ps(ai, b1, c31);
-        ai = _mm256_broadcast_ss(a + 4 * rs_a);
-        c40 = _mm256_fmadd_ps(ai, b0, c40), c41 = _mm256_fmadd_ps(ai, b1, c41);
-        ai = _mm256_broadcast_ss(a + 5 * rs_a);
-        c50 = _mm256_fmadd_ps(ai, b0, c50), c51 = _mm256_fmadd_ps(ai, b1, c51);
+
+#define FMA_ROWS()                                                                                 \
+    do {                                                                                           \
+        ai = _mm256_broadcast_ss(a);                                                               \
+        c00 = _mm256_fmadd_ps(ai, b0, c00), c01 = _mm256_fmadd_ps(ai, b1, c01);                    \
+        ai = _mm256_broadcast_ss(a + r1);                                                          \
+        c10 = _mm256_fmadd_ps(ai, b0, c10), c11 = _mm256_fmadd_ps(ai, b1, c11);                    \
+        ai = _mm256_broadcast_ss(a + r2);                                                          \
+        c20 = _mm256_fmadd_ps(ai, b0, c20), c21 = _mm256_fmadd_ps(ai, b1, c21);                    \
+        ai = _mm256_broadcast_ss(a + r3);                                                          \
+        c30 = _mm256_fmadd_ps(ai, b0, c30), c31 = _mm256_fmadd_ps(ai, b1, c31);                    \
+        ai = _mm256_broadcast_ss(a + r4);                                                          \
+        c40 = _mm256_fmadd_ps(ai, b0, c40), c41 = _mm256_fmadd_ps(ai, b1, c41);                    \
+        ai = _mm256_broadcast_ss(a + r5);                                                          \
+        c50 = _mm256_fmadd_ps(ai, b0, c50), c51 = _mm256_fmadd_ps(ai, b1, c51);                    \
+    } while (0)
+
+    if (n == 16) {
+        for (k = 0; k < kc; k++, a += cs_a, b += ldb) {
+            b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+            FMA_ROWS();
+        }
+    } else {
+        for (k = 0; k < kc; k++, a += cs_a, b += ldb) {
+            b0 = _mm256_maskload_ps(b, mask_lo), b1 = _mm256_maskload_ps(b + 8, mask_hi);
+            FMA_ROWS();
+        }
     }
+#undef FMA_ROWS
+
 #define STORE_ROW(row, lo, hi)                                                                     \
     do {                                                                                           \
         float *cr = c + (row) * ldc;                                                               \
+        if ((row) >= m) break;                                                                     \
         if (add) {                                                                                 \
-            lo = _mm256_add_ps(lo, _mm256_loadu_ps(cr));                                           \
-            hi = _mm256_add_ps(hi, _mm256_loadu_ps(cr + 8));                                       \
+            lo = _mm256_add_ps(lo, _mm256_maskload_ps(cr, mask_lo));                               \
+            hi = _mm256_add_ps(hi, _mm256_maskload_ps(cr + 8, mask_hi));                           \
         }                                                                                          \
-        _mm256_storeu_ps(cr, lo);                                                                  \
-        _mm256_storeu_ps(cr + 8, hi);                                                              \
+        if (n == 16) {                                                                             \
+            _mm256_storeu_ps(cr, lo);                                                              \
+            _mm256_storeu_ps(cr + 8, hi);                                                          \
+        } else {                                                                                   \
+            _mm256_maskstore_ps(cr, mask_lo, lo);                                                  \
+            _mm256_maskstore_ps(cr + 8, mask_hi, hi);                                              \
+        }                                                                                          \
     } while (0)
     STORE_ROW(0, c00, c01);
     STORE_ROW(1, c10, c11);
@@ -870,35 +920,61 @@ static const MatmulKernel matmul_simd = {"AVX2+FMA 6x16 float32", 6, 16, kernel_
 #else
 /* 6 x 8 float64 tile, the same register plan with 4 doubles per ymm. */
 static void kernel_avx2(int kc, const double *a, ptrdiff_t rs_a, ptrdiff_t cs_a, const double *b,
-                        ptrdiff_t ldb, double *c, ptrdiff_t ldc, int add) {
+                        ptrdiff_t ldb, double *c, ptrdiff_t ldc, int m, int n, int add) {
+    const ptrdiff_t r1 = MM_ROW(1, m, rs_a), r2 = MM_ROW(2, m, rs_a), r3 = MM_ROW(3, m, rs_a);
+    const ptrdiff_t r4 = MM_ROW(4, m, rs_a), r5 = MM_ROW(5, m, rs_a);
+    const __m256i lanes = _mm256_setr_epi64x(0, 1, 2, 3);
+    const __m256i mask_lo = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), lanes);
+    const __m256i mask_hi = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n - 4), lanes);
     __m256d c00 = _mm256_setzero_pd(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256d c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    __m256d b0, b1, ai;
     int k;
-    for (k = 0; k < kc; k++, a += cs_a, b += ldb) {
-        const __m256d b0 = _mm256_loadu_pd(b), b1 = _mm256_loadu_pd(b + 4);
-        __m256d ai;
-        ai = _mm256_broadcast_sd(a);
-        c00 = _mm256_fmadd_pd(ai, b0, c00), c01 = _mm256_fmadd_pd(ai, b1, c01);
-        ai = _mm256_broadcast_sd(a + rs_a);
-        c10 = _mm256_fmadd_pd(ai, b0, c10), c11 = _mm256_fmadd_pd(ai, b1, c11);
-        ai = _mm256_broadcast_sd(a + 2 * rs_a);
-        c20 = _mm256_fmadd_pd(ai, b0, c20), c21 = _mm256_fmadd_pd(ai, b1, c21);
-        ai = _mm256_broadcast_sd(a + 3 * rs_a);
-        c30 = _mm256_fmadd_pd(ai, b0, c30), c31 = _mm256_fmadd_pd(ai, b1, c31);
-        ai = _mm256_broadcast_sd(a + 4 * rs_a);
-        c40 = _mm256_fmadd_pd(ai, b0, c40), c41 = _mm256_fmadd_pd(ai, b1, c41);
-        ai = _mm256_broadcast_sd(a + 5 * rs_a);
-        c50 = _mm256_fmadd_pd(ai, b0, c50), c51 = _mm256_fmadd_pd(ai, b1, c51);
+
+#define FMA_ROWS()                                                                                 \
+    do {                                                                                           \
+        ai = _mm256_broadcast_sd(a);                                                               \
+        c00 = _mm256_fmadd_pd(ai, b0, c00), c01 = _mm256_fmadd_pd(ai, b1, c01);                    \
+        ai = _mm256_broadcast_sd(a + r1);                                                          \
+        c10 = _mm256_fmadd_pd(ai, b0, c10), c11 = _mm256_fmadd_pd(ai, b1, c11);                    \
+        ai = _mm256_broadcast_sd(a + r2);                                                          \
+        c20 = _mm256_fmadd_pd(ai, b0, c20), c21 = _mm256_fmadd_pd(ai, b1, c21);                    \
+        ai = _mm256_broadcast_sd(a + r3);                                                          \
+        c30 = _mm256_fmadd_pd(ai, b0, c30), c31 = _mm256_fmadd_pd(ai, b1, c31);                    \
+        ai = _mm256_broadcast_sd(a + r4);                                                          \
+        c40 = _mm256_fmadd_pd(ai, b0, c40), c41 = _mm256_fmadd_pd(ai, b1, c41);                    \
+        ai = _mm256_broadcast_sd(a + r5);                                                          \
+        c50 = _mm256_fmadd_pd(ai, b0, c50), c51 = _mm256_fmadd_pd(ai, b1, c51);                    \
+    } while (0)
+
+    if (n == 8) {
+        for (k = 0; k < kc; k++, a += cs_a, b += ldb) {
+            b0 = _mm256_loadu_pd(b), b1 = _mm256_loadu_pd(b + 4);
+            FMA_ROWS();
+        }
+    } else {
+        for (k = 0; k < kc; k++, a += cs_a, b += ldb) {
+            b0 = _mm256_maskload_pd(b, mask_lo), b1 = _mm256_maskload_pd(b + 4, mask_hi);
+            FMA_ROWS();
+        }
     }
+#undef FMA_ROWS
+
 #define STORE_ROW(row, lo, hi)                                                                     \
     do {                                                                                           \
         double *cr = c + (row) * ldc;                                                              \
+        if ((row) >= m) break;                                                                     \
         if (add) {                                                                                 \
-            lo = _mm256_add_pd(lo, _mm256_loadu_pd(cr));                                           \
-            hi = _mm256_add_pd(hi, _mm256_loadu_pd(cr + 4));                                       \
+            lo = _mm256_add_pd(lo, _mm256_maskload_pd(cr, mask_lo));                               \
+            hi = _mm256_add_pd(hi, _mm256_maskload_pd(cr + 4, mask_hi));                           \
         }                                                                                          \
-        _mm256_storeu_pd(cr, lo);                                                                  \
-        _mm256_storeu_pd(cr + 4, hi);                                                              \
+        if (n == 8) {                                                                              \
+            _mm256_storeu_pd(cr, lo);                                                              \
+            _mm256_storeu_pd(cr + 4, hi);                                                          \
+        } else {                                                                                   \
+            _mm256_maskstore_pd(cr, mask_lo, lo);                                                  \
+            _mm256_maskstore_pd(cr + 4, mask_hi, hi);                                              \
+        }                                                                                          \
     } while (0)
     STORE_ROW(0, c00, c01);
     STORE_ROW(1, c10, c11);
@@ -916,11 +992,16 @@ static const MatmulKernel matmul_simd = {"AVX2+FMA 6x8 float64", 6, 8, kernel_av
 #include <arm_neon.h>
 #define LLC_SIMD 1
 
-/* 8 x 8 float32 tile: 16 of NEON's 32 q registers accumulate, two hold B. */
+/* 8 x 8 float32 tile: 16 of NEON's 32 q registers accumulate, two hold B.
+ * Edge tiles take the scalar loops. */
 static void kernel_neon(int kc, const float *a, ptrdiff_t rs_a, ptrdiff_t cs_a, const float *b,
-                        ptrdiff_t ldb, float *c, ptrdiff_t ldc, int add) {
+                        ptrdiff_t ldb, float *c, ptrdiff_t ldc, int m, int n, int add) {
     float32x4_t acc[8][2];
     int i, k;
+    if (m < 8 || n < 8) {
+        tile_scalar(kc, a, rs_a, cs_a, b, ldb, c, ldc, m, n, add);
+        return;
+    }
     for (i = 0; i < 8; i++) acc[i][0] = acc[i][1] = vdupq_n_f32(0.0f);
     for (k = 0; k < kc; k++, a += cs_a, b += ldb) {
         const float32x4_t b0 = vld1q_f32(b), b1 = vld1q_f32(b + 4);
@@ -951,9 +1032,8 @@ static const MatmulKernel *const matmul_kernel = &matmul_simd;
 static const MatmulKernel *const matmul_kernel = &matmul_portable;
 #endif
 
-/* Copies kc rows of `width` columns of op(B), starting at B, into an NR-wide
- * sliver (NR values per row), zero padded past width. Plain loops, because
- * memcpy of a few dozen bytes is slow where it becomes rep movs. */
+/* Packs kc rows of op(B), `width` columns from B on, into an NR-wide sliver
+ * (NR values per row), zero padded past width. */
 static void pack_b_sliver(real *bp, const real *B, ptrdiff_t rs_b, ptrdiff_t cs_b, int kc, int width,
                           int NR) {
     int k, j;
@@ -967,16 +1047,13 @@ static void pack_b_sliver(real *bp, const real *B, ptrdiff_t rs_b, ptrdiff_t cs_
 /* C[M,N] (+)= op(A) op(B) with op(A)(i, k) = A[i * rs_a + k * cs_a] and
  * op(B)(k, j) = B[k * rs_b + j * cs_b]; C has row stride ldc. pack is
  * scratch of MM_PACK_REALS reals. When rows of op(B) are contiguous
- * (cs_b == 1) the kernel reads whole slivers in place and only a partial
- * last sliver is packed; otherwise every sliver of the block is packed.
- * Tiles at the bottom and right edges are computed in a padded local tile
- * and copied out, so the kernel never reads or writes outside A and C. */
+ * (cs_b == 1) the kernel reads B in place; otherwise each KC x NC block of
+ * op(B) is packed into slivers first. */
 static void gemm(const MatmulKernel *kern, real *pack, int M, int N, int K, const real *A,
                  ptrdiff_t rs_a, ptrdiff_t cs_a, const real *B, ptrdiff_t rs_b, ptrdiff_t cs_b, real *C,
                  ptrdiff_t ldc, int acc) {
     const int MR = kern->mr, NR = kern->nr, in_place = cs_b == 1;
-    real a_edge[MM_KC * MM_MR_MAX], tile[MM_MR_MAX * MM_NR_MAX];
-    int i0, j0, k0, i, j, r, col;
+    int i0, j0, k0, i, j;
 
     if (K == 0) {
         if (!acc)
@@ -990,47 +1067,23 @@ static void gemm(const MatmulKernel *kern, real *pack, int M, int N, int K, cons
             int add = acc || k0 > 0;   /* later K blocks add to the earlier ones */
             const real *Bk = B + k0 * rs_b + j0 * cs_b;
 
-            /* pack: every sliver, or only the partial last one */
-            for (j = in_place ? nc - nc % NR : 0; j < nc; j += NR) {
-                int width = nc - j < NR ? nc - j : NR;
-                pack_b_sliver(pack + (size_t)(j / NR) * kc * NR, Bk + j * cs_b, rs_b, cs_b, kc, width, NR);
+            if (!in_place) {
+                for (j = 0; j < nc; j += NR) {
+                    int width = nc - j < NR ? nc - j : NR;
+                    pack_b_sliver(pack + (size_t)(j / NR) * kc * NR, Bk + j * cs_b, rs_b, cs_b, kc, width, NR);
+                }
             }
 
             for (i0 = 0; i0 < M; i0 += MM_MC) {
                 int mc = M - i0 < MM_MC ? M - i0 : MM_MC;
-                for (i = 0; i < mc; i += MR) {
-                    const real *a = A + (i0 + i) * rs_a + k0 * cs_a;
-                    ptrdiff_t rs = rs_a, cs = cs_a;
-                    int m = mc - i < MR ? mc - i : MR;
-
-                    /* bottom edge: copy the m rows of A, then zero rows */
-                    if (m < MR) {
-                        int k;
-                        for (k = 0; k < kc; k++)
-                            for (r = 0; r < MR; r++) a_edge[k * MR + r] = r < m ? a[r * rs_a + k * cs_a] : 0;
-                        a = a_edge, rs = 1, cs = MR;
-                    }
-
-                    for (j = 0; j < nc; j += NR) {
-                        int n = nc - j < NR ? nc - j : NR;
-                        const real *b = pack + (size_t)(j / NR) * kc * NR;
-                        ptrdiff_t ldb = NR;
-                        real *c = C + (i0 + i) * ldc + j0 + j;
-                        if (in_place && n == NR) b = Bk + j, ldb = rs_b;
-
-                        if (m == MR && n == NR) {
-                            kern->run(kc, a, rs, cs, b, ldb, c, ldc, add);
-                            continue;
-                        }
-                        kern->run(kc, a, rs, cs, b, ldb, tile, NR, 0);
-                        for (r = 0; r < m; r++) {
-                            real *c_row = c + r * ldc;
-                            const real *t_row = tile + r * NR;
-                            if (add)
-                                for (col = 0; col < n; col++) c_row[col] += t_row[col];
-                            else
-                                for (col = 0; col < n; col++) c_row[col] = t_row[col];
-                        }
+                for (j = 0; j < nc; j += NR) {
+                    int n = nc - j < NR ? nc - j : NR;
+                    const real *b = in_place ? Bk + j : pack + (size_t)(j / NR) * kc * NR;
+                    ptrdiff_t ldb = in_place ? rs_b : NR;
+                    for (i = 0; i < mc; i += MR) {
+                        int m = mc - i < MR ? mc - i : MR;
+                        kern->run(kc, A + (i0 + i) * rs_a + k0 * cs_a, rs_a, cs_a, b, ldb,
+                                  C + (i0 + i) * ldc + j0 + j, ldc, m, n, add);
                     }
                 }
             }
