@@ -988,6 +988,85 @@ static void kernel_avx2(int kc, const double *a, ptrdiff_t rs_a, ptrdiff_t cs_a,
 static const MatmulKernel matmul_simd = {"AVX2+FMA 6x8 float64", 6, 8, kernel_avx2};
 #endif
 
+#if !defined(LLC_NO_SIMD) && defined(__AVX512F__)
+/* AVX-512: a 12 x 16 float32 tile (12 x 8 in float64) in 12 zmm
+ * accumulators, one zmm of B and one broadcast of A per row and step.
+ * Columns past n are masked off, rows past m repeat row m - 1. */
+#ifndef LLC_DOUBLE
+#define AVX512_LANES 16
+#define AVX512_VEC __m512
+#define AVX512_SET1 _mm512_set1_ps
+#define AVX512_ZERO _mm512_setzero_ps
+#define AVX512_FMADD _mm512_fmadd_ps
+#define AVX512_ADD _mm512_add_ps
+#define AVX512_MASKZ_LOAD _mm512_maskz_loadu_ps
+#define AVX512_MASK_STORE _mm512_mask_storeu_ps
+#else
+#define AVX512_LANES 8
+#define AVX512_VEC __m512d
+#define AVX512_SET1 _mm512_set1_pd
+#define AVX512_ZERO _mm512_setzero_pd
+#define AVX512_FMADD _mm512_fmadd_pd
+#define AVX512_ADD _mm512_add_pd
+#define AVX512_MASKZ_LOAD _mm512_maskz_loadu_pd
+#define AVX512_MASK_STORE _mm512_mask_storeu_pd
+#endif
+
+static void kernel_avx512(int kc, const real *a, ptrdiff_t rs_a, ptrdiff_t cs_a, const real *b,
+                          ptrdiff_t ldb, real *c, ptrdiff_t ldc, int m, int n, int add) {
+    const ptrdiff_t r1 = MM_ROW(1, m, rs_a), r2 = MM_ROW(2, m, rs_a), r3 = MM_ROW(3, m, rs_a);
+    const ptrdiff_t r4 = MM_ROW(4, m, rs_a), r5 = MM_ROW(5, m, rs_a), r6 = MM_ROW(6, m, rs_a);
+    const ptrdiff_t r7 = MM_ROW(7, m, rs_a), r8 = MM_ROW(8, m, rs_a), r9 = MM_ROW(9, m, rs_a);
+    const ptrdiff_t r10 = MM_ROW(10, m, rs_a), r11 = MM_ROW(11, m, rs_a);
+    const __mmask16 mask = (__mmask16)((1u << n) - 1);
+    AVX512_VEC c0 = AVX512_ZERO(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0;
+    AVX512_VEC c6 = c0, c7 = c0, c8 = c0, c9 = c0, c10 = c0, c11 = c0;
+    int k;
+    for (k = 0; k < kc; k++, a += cs_a, b += ldb) {
+        const AVX512_VEC b0 = AVX512_MASKZ_LOAD(mask, b);
+        c0 = AVX512_FMADD(AVX512_SET1(a[0]), b0, c0);
+        c1 = AVX512_FMADD(AVX512_SET1(a[r1]), b0, c1);
+        c2 = AVX512_FMADD(AVX512_SET1(a[r2]), b0, c2);
+        c3 = AVX512_FMADD(AVX512_SET1(a[r3]), b0, c3);
+        c4 = AVX512_FMADD(AVX512_SET1(a[r4]), b0, c4);
+        c5 = AVX512_FMADD(AVX512_SET1(a[r5]), b0, c5);
+        c6 = AVX512_FMADD(AVX512_SET1(a[r6]), b0, c6);
+        c7 = AVX512_FMADD(AVX512_SET1(a[r7]), b0, c7);
+        c8 = AVX512_FMADD(AVX512_SET1(a[r8]), b0, c8);
+        c9 = AVX512_FMADD(AVX512_SET1(a[r9]), b0, c9);
+        c10 = AVX512_FMADD(AVX512_SET1(a[r10]), b0, c10);
+        c11 = AVX512_FMADD(AVX512_SET1(a[r11]), b0, c11);
+    }
+
+#define STORE_ROW(row, acc)                                                                        \
+    do {                                                                                           \
+        real *cr = c + (row) * ldc;                                                                \
+        if ((row) >= m) break;                                                                     \
+        if (add) acc = AVX512_ADD(acc, AVX512_MASKZ_LOAD(mask, cr));                               \
+        AVX512_MASK_STORE(cr, mask, acc);                                                          \
+    } while (0)
+    STORE_ROW(0, c0);
+    STORE_ROW(1, c1);
+    STORE_ROW(2, c2);
+    STORE_ROW(3, c3);
+    STORE_ROW(4, c4);
+    STORE_ROW(5, c5);
+    STORE_ROW(6, c6);
+    STORE_ROW(7, c7);
+    STORE_ROW(8, c8);
+    STORE_ROW(9, c9);
+    STORE_ROW(10, c10);
+    STORE_ROW(11, c11);
+#undef STORE_ROW
+}
+
+#ifndef LLC_DOUBLE
+static const MatmulKernel matmul_avx512 = {"AVX-512 12x16 float32", 12, 16, kernel_avx512};
+#else
+static const MatmulKernel matmul_avx512 = {"AVX-512 12x8 float64", 12, 8, kernel_avx512};
+#endif
+#endif
+
 #elif !defined(LLC_NO_SIMD) && defined(__aarch64__) && defined(__ARM_NEON) && !defined(LLC_DOUBLE)
 #include <arm_neon.h>
 #define LLC_SIMD 1
@@ -1024,8 +1103,11 @@ static void kernel_neon(int kc, const float *a, ptrdiff_t rs_a, ptrdiff_t cs_a, 
 static const MatmulKernel matmul_simd = {"NEON 8x8 float32", 8, 8, kernel_neon};
 #endif
 
-/* The kernel that matmul_nn, matmul_nt and matmul_tn use. */
-#ifdef LLC_SIMD
+/* The kernel that matmul_nn, matmul_nt and matmul_tn use: the widest that
+ * the compiler targets. */
+#if defined(LLC_SIMD) && defined(AVX512_LANES)
+static const MatmulKernel *const matmul_kernel = &matmul_avx512;
+#elif defined(LLC_SIMD)
 static const MatmulKernel *const matmul_kernel = &matmul_simd;
 #else
 #define LLC_SIMD 0

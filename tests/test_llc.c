@@ -116,15 +116,22 @@ static void check_kernel(const MatmulKernel *kern, int M, int K, int N, Rng *rng
     free(A), free(B), free(C), free(R), free(At), free(Bt), free(pack);
 }
 
+/* Every kernel compiled in: the portable one, AVX2 or NEON, and AVX-512. */
 static void test_matmul_paths(void) {
     static const int sizes[][3] = {{1, 1, 1}, {3, 5, 7}, {17, 33, 9}, {64, 64, 64}, {33, 257, 515},
-                                   {130, 7, 600}, {5, 600, 3}, {1, 1000, 1}, {97, 520, 259}, {6, 16, 16}};
+                                   {130, 7, 600}, {5, 600, 3}, {1, 1000, 1}, {97, 520, 259}, {6, 16, 16},
+                                   {12, 16, 16}, {13, 3, 17}};
     size_t s;
     Rng rng;
     rng_seed(&rng, 7);
     for (s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
         check_kernel(&matmul_portable, sizes[s][0], sizes[s][1], sizes[s][2], &rng);
-        check_kernel(matmul_kernel, sizes[s][0], sizes[s][1], sizes[s][2], &rng);
+#if LLC_SIMD
+        check_kernel(&matmul_simd, sizes[s][0], sizes[s][1], sizes[s][2], &rng);
+#endif
+#ifdef AVX512_LANES
+        check_kernel(&matmul_avx512, sizes[s][0], sizes[s][1], sizes[s][2], &rng);
+#endif
     }
 }
 
