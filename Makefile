@@ -5,7 +5,8 @@ CC ?= cc
 CFLAGS ?= -O2
 WARN = -std=c99 -Wall -Wextra
 # Optional flags, each used only when the compiler accepts it: -march=native
-# turns on the AVX2/FMA matmul kernel, -pthread runs SGLD chains in parallel.
+# turns on the AVX2 or AVX-512 matmul kernel (NEON is on by default on
+# arm64), -pthread runs SGLD chains in parallel.
 NATIVE := $(shell echo 'int main(void){return 0;}' | $(CC) -march=native -x c -o /dev/null - 2>/dev/null && echo -march=native)
 PTHREAD := $(shell echo 'int main(void){return 0;}' | $(CC) -pthread -x c -o /dev/null - 2>/dev/null && echo -pthread)
 ALL_CFLAGS = $(WARN) $(CFLAGS) $(NATIVE) $(PTHREAD)
@@ -43,6 +44,12 @@ run: llc
 test: llc llc64 tests/test_llc tests/test_llc64 tests/test_llc_nosimd
 	sh tests/run
 
+# Speed of llc against PyTorch and OpenBLAS on Tracr models; writes
+# bench/results.md. Installs python3-torch and libopenblas-dev with apt-get
+# when they are missing. Neither the build nor the tests need this.
+bench: llc
+	sh bench/run
+
 # Regenerates the shipped models (nine programs at max_seq_len 5 and 10).
 PROGRAMS = length frac_prevs sort sort_unique hist sort_freq pair_balance dyck-2 dyck-3
 weights:
@@ -52,5 +59,6 @@ weights:
 
 clean:
 	rm -f llc llc64 tests/test_llc tests/test_llc64 tests/test_llc_nosimd llc_result.json llc_trace.csv
+	rm -rf bench/build
 
-.PHONY: all run test weights clean
+.PHONY: all run test bench weights clean

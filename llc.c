@@ -627,8 +627,9 @@ static uint64_t rng_below(Rng *r, uint64_t n) {
  * Layer i spans [0, zig_x[i]] and lies between heights f(zig_x[i]) and
  * f(zig_x[i + 1]); layer 0 is the base strip, whose tail beyond
  * zig_x[1] = r is sampled exactly. About 99 % of draws take one random
- * number, a multiply and a compare, where Box-Muller needs a log, a sine
- * and a cosine per pair, and SGLD draws one normal per parameter and step. */
+ * number, a multiply and a compare. Box-Muller needs a log, a sine and a
+ * cosine per pair, which dominated SGLD steps, as SGLD draws one normal per
+ * parameter and step. */
 enum { ZIG_LAYERS = 256 };
 #define ZIG_R 3.6541528853610088     /* start of the tail */
 #define ZIG_V 4.92867323399e-3       /* area of each layer */
@@ -700,9 +701,9 @@ static double rng_normal(Rng *r) {
 }
 
 /* Stores n standard normals in out, the same numbers as n calls of
- * rng_normal(). The state is copied to a local whose address never leaves
- * this function, so it stays in registers; the rare draws outside the
- * inner rectangles finish on a second copy. */
+ * rng_normal(). The state lives in a local copy whose address never leaves
+ * this function, so compilers keep it in registers. The rare draws outside
+ * the inner rectangles finish on a second copy. */
 static void rng_fill_normal(Rng *r, real *out, size_t n) {
     Rng local = *r;
     size_t j;
@@ -736,10 +737,10 @@ static void rng_shuffle(Rng *r, int *a, int n) {
  *   matmul_nt: C[M,N] (+)= A[M,K]   B[N,K]^T
  *   matmul_tn: C[M,N] (+)= A[K,M]^T B[K,N]
  * All three run one blocked driver, gemm(), over a micro-kernel chosen at
- * compile time: AVX2 with FMA on x86-64, NEON on arm64 (float32 only), or
- * the portable C kernel (always built, and the only one with -DLLC_NO_SIMD).
- * The *_ref loops accumulate in double and are the reference that tests
- * compare every kernel with.
+ * compile time: AVX-512 or AVX2 with FMA on x86-64, NEON on arm64 (float32
+ * only), or the portable C kernel, which is always built and is the only
+ * one with -DLLC_NO_SIMD. The *_ref loops accumulate in double and are the
+ * reference that tests compare every kernel with.
  * ------------------------------------------------------------------------- */
 
 static void matmul_nn_ref(real *C, const real *A, const real *B, int M, int K, int N, int acc) {
@@ -791,9 +792,9 @@ typedef struct {
     MicroKernelFn *run;
 } MatmulKernel;
 
-/* Block sizes: a KC x NC block of op(B) fits in L2 (256 KiB in float32),
- * one KC x NR sliver of it fits in L1, and MC rows of A are reused across
- * the slivers of a block. */
+/* Block sizes: a KC x NC block of op(B) fits in L2 (256 KiB in float32).
+ * One KC x NR sliver of it stays in L1 while the kernel runs it against MC
+ * rows of A, which stay in L2 for the next sliver. */
 enum { MM_KC = 256, MM_NC = 256, MM_MC = 96 };
 
 /* Reals of scratch that gemm() packs B into. */
