@@ -2497,13 +2497,21 @@ static double loss_compute(LossKind kind, const real *y, const Batch *b, const i
             size_t src = (size_t)row_src[t];
             real *dyr = dy ? dy + (size_t)t * O : NULL;
             if (kind == LOSS_CE) {
+                /* lse = max + log(sum_j e_j) with e_j = exp(y_j - max); d loss / d y_j = e_j / sum,
+                 * minus 1 at the label, so each exp serves both */
                 int label = d->label[src];
-                double lse;
+                double max = yr[0], sum = 0.0;
                 if (label < 0) continue;
-                lse = log_sum_exp(yr, O);
-                total += lse - yr[label];
+                for (j = 1; j < O; j++)
+                    if (yr[j] > max) max = yr[j];
+                for (j = 0; j < O; j++) {
+                    double e = exp(yr[j] - max);
+                    sum += e;
+                    if (dyr) dyr[j] = (real)e;
+                }
+                total += max + log(sum) - yr[label];
                 if (dyr) {
-                    for (j = 0; j < O; j++) dyr[j] = (real)(exp(yr[j] - lse) / n_rows);
+                    for (j = 0; j < O; j++) dyr[j] = (real)(dyr[j] / (sum * n_rows));
                     dyr[label] -= (real)(1.0 / n_rows);
                 }
             } else if (kind == LOSS_MSE) {
