@@ -45,7 +45,7 @@ test: llc llc64 tests/test_llc tests/test_llc64 tests/test_llc_nosimd
 	sh tests/run
 
 # Speed of llc against PyTorch and OpenBLAS on Tracr models; writes
-# bench/results.md. Installs python3-torch and libopenblas-dev with apt-get
+# bench/build/results.md. Installs python3-torch and libopenblas-dev with apt-get
 # when they are missing. Neither the build nor the tests need this.
 bench: llc
 	sh bench/run

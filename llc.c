@@ -556,6 +556,8 @@ static char *read_file(const char *path, size_t *len) {
 
 typedef struct {
     uint64_t s[4];
+    int has_spare;       /* Box-Muller makes normals in pairs */
+    double spare;
 } Rng;
 
 static uint64_t splitmix64(uint64_t *x) {
@@ -572,7 +574,8 @@ static void normal_tables_ensure(void);
 static void rng_seed(Rng *r, uint64_t seed) {
     int i;
     for (i = 0; i < 4; i++) r->s[i] = splitmix64(&seed);
-    normal_tables_ensure();   /* so rng_normal() never races to build them */
+    r->has_spare = 0;
+    normal_tables_ensure();   /* so rng_fill_normal() never races to build them */
 }
 
 /* One step of xoshiro256** on a state held by the caller, so that loops
@@ -609,6 +612,7 @@ static void rng_jump(Rng *r) {
         }
     }
     memcpy(r->s, t, sizeof t);
+    r->has_spare = 0;
 }
 
 /* Uniform in [0, 1) with 53 random bits. */
@@ -619,6 +623,23 @@ static uint64_t rng_below(Rng *r, uint64_t n) {
     uint64_t limit = UINT64_MAX - UINT64_MAX % n, x;
     do x = rng_next(r); while (x >= limit);
     return x % n;
+}
+
+/* Standard normal by the Box-Muller transform, for one-off draws such as
+ * initial weights and test data, whose seeded values other features and
+ * their tests depend on. The SGLD noise comes from rng_fill_normal(). */
+static double rng_normal(Rng *r) {
+    double u1, u2, radius;
+    if (r->has_spare) {
+        r->has_spare = 0;
+        return r->spare;
+    }
+    do u1 = rng_uniform(r); while (u1 <= 0.0);
+    u2 = rng_uniform(r);
+    radius = sqrt(-2.0 * log(u1));
+    r->spare = radius * sin(2.0 * LLC_PI * u2);
+    r->has_spare = 1;
+    return radius * cos(2.0 * LLC_PI * u2);
 }
 
 /* Standard normals by the ziggurat method (Marsaglia and Tsang, "The
@@ -659,7 +680,7 @@ static void normal_tables_ensure(void) {
 }
 #endif
 
-static double rng_normal(Rng *r);
+static double rng_ziggurat(Rng *r);
 
 /* Finishes a draw that fell outside its layer's inner rectangle: the tail
  * for layer 0, else the wedge test, which on rejection starts over. */
@@ -680,7 +701,7 @@ static double normal_outside_rectangle(Rng *r, int layer, double x, double sign)
     /* the wedge between the inner rectangle and f: accept under f */
     if (zig_f[layer] + rng_uniform(r) * (zig_f[layer + 1] - zig_f[layer]) < exp(-0.5 * x * x))
         return sign * x;
-    return rng_normal(r);
+    return rng_ziggurat(r);
 }
 
 /* The first step of a draw from 64 random bits: bits 0-7 pick the layer,
@@ -693,7 +714,8 @@ static int normal_from_bits(uint64_t bits, int *layer, double *x, double *sign) 
     return *x < zig_x[*layer + 1];
 }
 
-static double rng_normal(Rng *r) {
+/* One ziggurat normal. */
+static double rng_ziggurat(Rng *r) {
     int layer;
     double x, sign;
     if (normal_from_bits(rng_next(r), &layer, &x, &sign)) return sign * x;
@@ -701,9 +723,9 @@ static double rng_normal(Rng *r) {
 }
 
 /* Stores n standard normals in out, the same numbers as n calls of
- * rng_normal(). The state lives in a local copy whose address never leaves
- * this function, so compilers keep it in registers. The rare draws outside
- * the inner rectangles finish on a second copy. */
+ * rng_ziggurat(). The state lives in a local copy whose address never
+ * leaves this function, so compilers keep it in registers. The rare draws
+ * outside the inner rectangles finish on a second copy. */
 static void rng_fill_normal(Rng *r, real *out, size_t n) {
     Rng local = *r;
     size_t j;

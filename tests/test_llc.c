@@ -180,23 +180,57 @@ static void test_rng_normal_moments(void) {
 }
 
 /* Tail probabilities P(|x| > t) of the standard normal, at t = 1, 2, 3 and
- * beyond the ziggurat's tail start 3.6541528853610088 (erfc(t / sqrt 2)).
- * With n = 10^6 draws each count is within 5 of its standard deviations. */
+ * beyond the ziggurat's tail start 3.6541528853610088 (erfc(t / sqrt 2)),
+ * for the ziggurat that draws the SGLD noise and for Box-Muller. With
+ * n = 10^6 draws each count is within 5 of its standard deviations. */
 static void test_rng_normal_tails(void) {
     static const double t[4] = {1.0, 2.0, 3.0, 3.6541528853610088};
-    long count[4] = {0, 0, 0, 0}, n = 1000000, i;
-    int k;
-    Rng rng;
-    rng_seed(&rng, 4);
-    for (i = 0; i < n; i++) {
-        double x = fabs(rng_normal(&rng));
-        for (k = 0; k < 4; k++) count[k] += x > t[k];
+    enum { N = 1000000, BLOCK = 1000 };
+    real *block = xmalloc(BLOCK * sizeof(real), "a block of normals");
+    int generator, k;
+    for (generator = 0; generator < 2; generator++) {
+        long count[4] = {0, 0, 0, 0}, i;
+        Rng rng;
+        rng_seed(&rng, 4);
+        for (i = 0; i < N; i++) {
+            double x;
+            if (generator == 0) {
+                if (i % BLOCK == 0) rng_fill_normal(&rng, block, BLOCK);
+                x = fabs((double)block[i % BLOCK]);
+            } else {
+                x = fabs(rng_normal(&rng));
+            }
+            for (k = 0; k < 4; k++) count[k] += x > t[k];
+        }
+        for (k = 0; k < 4; k++) {
+            double p = erfc(t[k] / sqrt(2.0)), expected = p * N, sd = sqrt(N * p * (1 - p));
+            CHECK(fabs(count[k] - expected) <= 5 * sd, "%s: P(|x| > %g): %ld draws, expected %.0f +- %.0f",
+                  generator == 0 ? "ziggurat" : "Box-Muller", t[k], count[k], expected, sd);
+        }
     }
-    for (k = 0; k < 4; k++) {
-        double p = erfc(t[k] / sqrt(2.0)), expected = p * n, sd = sqrt(n * p * (1 - p));
-        CHECK(fabs(count[k] - expected) <= 5 * sd, "P(|x| > %g): %ld draws, expected %.0f +- %.0f", t[k],
-              count[k], expected, sd);
+    free(block);
+}
+
+/* rng_fill_normal() gives the same numbers as one rng_ziggurat() call each,
+ * whatever the block boundaries. */
+static void test_rng_fill_matches_single(void) {
+    enum { N = 5000 };
+    real *block = xmalloc(N * sizeof(real), "normals");
+    Rng a, b;
+    int i;
+    rng_seed(&a, 6);
+    rng_seed(&b, 6);
+    rng_fill_normal(&a, block, 1234);
+    rng_fill_normal(&a, block + 1234, N - 1234);
+    for (i = 0; i < N; i++) {
+        real single = (real)rng_ziggurat(&b);
+        if (block[i] != single) {
+            CHECK(0, "draw %d: block %.9g, single %.9g", i, (double)block[i], (double)single);
+            break;
+        }
     }
+    CHECK(rng_next(&a) == rng_next(&b), "the streams are at different positions afterwards");
+    free(block);
 }
 
 static void test_rng_jump_streams_differ(void) {
@@ -1175,6 +1209,7 @@ int main(int argc, char **argv) {
     run_test("matmul wrappers vs reference", test_matmul_wrappers);
     run_test("rng normal moments", test_rng_normal_moments);
     run_test("rng normal tails", test_rng_normal_tails);
+    run_test("rng fill matches single draws", test_rng_fill_matches_single);
     run_test("rng jump streams differ", test_rng_jump_streams_differ);
     run_test("weight file round trip", test_weight_file_round_trip);
     run_test("chain arena exact size", test_chain_arena_exact_size);
