@@ -8,11 +8,11 @@ Compiles the models it needs into bench/build/, then measures, in one run:
 
 1. SGLD steps per second of `llc estimate` and of bench/sgld_torch.py on the
    same model, batch (32), loss, inputs (1024 random, full length), chains
-   and threads: 1 chain on 1 thread, and 2 chains on 2 threads (llc runs
-   the chains in parallel, PyTorch one after another with 2 intra-op
-   threads). llc's time is the `seconds` of its JSON: every chain's steps
-   plus the few forward passes of init_loss. PyTorch's starts after five
-   warm-up steps per chain.
+   and threads. There are two settings: 1 chain on 1 thread, and 2 chains
+   on 2 threads, which llc runs in parallel and PyTorch one after another
+   with 2 intra-op threads. llc's time is the `seconds` of its JSON: every
+   chain's steps plus the few forward passes of init_loss. PyTorch's time
+   starts after five warm-up steps per chain.
 2. llc with 4 chains on 1 and on 2 threads, and the speed-up.
 3. bench/build/matmul_bench: llc's matmul against OpenBLAS on one core.
 

@@ -6,10 +6,10 @@
  * Build (bench/run does this): cc -O2 -march=native -o matmul_bench
  *   bench/matmul_bench.c -lopenblas -lm -pthread
  * Usage: matmul_bench MODEL.llcw...
- * Prints one line per shape: model, product, M K N, then GFLOP/s of
+ * Prints one line per shape: model, product, M K N, then the GFLOP/s of
  * OpenBLAS and of each of llc's SIMD kernels (AVX2, and AVX-512 when the
- * compiler targets it) with its ratio to OpenBLAS, each the best of five
- * timings of at least 0.2 s.
+ * compiler targets it) with its ratio to OpenBLAS. Each number is the best
+ * of five timings of at least 0.2 s.
  * OpenBLAS is linked here only; llc itself never uses it.
  */
 #define LLC_TESTING

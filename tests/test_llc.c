@@ -1,8 +1,9 @@
 /*
  * Unit tests of llc.c: matrix multiplication, the weight file, gradients by
  * finite differences, losses, Adam, and the SGLD estimator against known
- * learning coefficients. Built twice by the Makefile: in float32 and, with
- * -DLLC_DOUBLE, in float64.
+ * learning coefficients. Built three times by the Makefile: in float32, in
+ * float32 with -DLLC_NO_SIMD (the portable matmul kernel), and with
+ * -DLLC_DOUBLE in float64.
  *
  * Usage: tests/test_llc [MODEL_DIR]
  *   MODEL_DIR holds Tracr reference models converted to .llcw (tests/run
@@ -72,9 +73,9 @@ static double max_abs_diff(const real *a, const real *b, size_t n) {
 
 /* Every kernel against the double-accumulating reference, on sizes that
  * leave edge tiles in both directions and span several K, M and N blocks.
- * A float32 sum of K products of N(0, 1) values has rounding error about
- * eps * K in the worst case; the tolerance is 4 eps sqrt(K) times the
- * largest |C| seen, which the blocked sums stay well inside. */
+ * The tolerance, 4 eps sqrt(K) times the largest |C|, is about the worst
+ * rounding of a K-term sum of N(0, 1) products (eps K times their mean
+ * size), while a missing or doubled product, of size about 1, exceeds it. */
 static void check_kernel(const MatmulKernel *kern, int M, int K, int N, Rng *rng) {
     real *A = xmalloc((size_t)M * K * sizeof(real), "A"), *B = xmalloc((size_t)K * N * sizeof(real), "B");
     real *C = xmalloc((size_t)M * N * sizeof(real), "C"), *R = xmalloc((size_t)M * N * sizeof(real), "R");
@@ -82,12 +83,14 @@ static void check_kernel(const MatmulKernel *kern, int M, int K, int N, Rng *rng
     real *pack = xmalloc(MM_PACK_REALS * sizeof(real), "pack");
     double eps = is_double ? DBL_EPSILON : FLT_EPSILON;
     int i, k, acc, shape;
+
     fill_normal(A, (size_t)M * K, rng);
     fill_normal(B, (size_t)K * N, rng);
     for (i = 0; i < M; i++)
         for (k = 0; k < K; k++) At[(size_t)k * M + i] = A[(size_t)i * K + k];
     for (k = 0; k < K; k++)
         for (i = 0; i < N; i++) Bt[(size_t)i * K + k] = B[(size_t)k * N + i];
+
     for (acc = 0; acc <= 1; acc++) {
         for (shape = 0; shape < 3; shape++) {
             static const char *names[3] = {"nn", "nt", "tn"};
@@ -105,6 +108,7 @@ static void check_kernel(const MatmulKernel *kern, int M, int K, int N, Rng *rng
                 gemm(kern, pack, M, N, K, At, 1, M, B, N, 1, C, N, acc);
                 matmul_tn_ref(R, At, B, M, K, N, acc);
             }
+
             for (j = 0; j < (size_t)M * N; j++)
                 if (fabs((double)R[j]) > scale) scale = fabs((double)R[j]);
             tol = 4 * eps * sqrt((double)K) * scale;
