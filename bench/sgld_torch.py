@@ -5,10 +5,10 @@ Usage:
     python3 bench/sgld_torch.py MODEL.llcw --threads T --chains C [--seconds S]
     python3 bench/sgld_torch.py MODEL.llcw --outputs TOKEN...
 
-The model is read from llc's weight format (llc.h) and run as llc runs it:
-token and position embeddings, then per layer attention with scores
-q.k / sqrt(d_head) and a softmax, a residual, a ReLU MLP and a residual,
-then the unembedding. The data are 1024 random full-length inputs labelled
+The model is read from llc's weight format (llc.h) and run as llc runs it.
+Token and position embeddings come first. Each layer then adds attention
+(scores q.k / sqrt(d_head), softmax) and a ReLU MLP to the residual, and
+the unembedding comes last. The data are 1024 random full-length inputs labelled
 with the model's own outputs at w*. The loss is the cross-entropy against
 the argmax labels (mean squared error for a numerical output), averaged
 over the non-BOS positions of a batch of 32. Each step is the update of
