@@ -1126,16 +1126,24 @@ static void kernel_neon(int kc, const float *a, ptrdiff_t rs_a, ptrdiff_t cs_a, 
 static const MatmulKernel matmul_simd = {"NEON 8x8 float32", 8, 8, kernel_neon};
 #endif
 
-/* The kernel that matmul_nn, matmul_nt and matmul_tn use: the widest that
- * the compiler targets. */
-#if defined(LLC_SIMD) && defined(AVX512_LANES)
-static const MatmulKernel *const matmul_kernel = &matmul_avx512;
-#elif defined(LLC_SIMD)
-static const MatmulKernel *const matmul_kernel = &matmul_simd;
-#else
+#ifndef LLC_SIMD
 #define LLC_SIMD 0
-static const MatmulKernel *const matmul_kernel = &matmul_portable;
 #endif
+
+/* Every kernel compiled in, narrowest first. matmul_nn, matmul_nt and
+ * matmul_tn use the last, the widest that the compiler targets. */
+static const MatmulKernel *const matmul_kernels[] = {
+    &matmul_portable,
+#if LLC_SIMD
+    &matmul_simd,
+#endif
+#ifdef AVX512_LANES
+    &matmul_avx512,
+#endif
+};
+
+#define MATMUL_N_KERNELS ((int)(sizeof matmul_kernels / sizeof matmul_kernels[0]))
+#define matmul_kernel (matmul_kernels[MATMUL_N_KERNELS - 1])
 
 /* Packs kc rows of op(B), `width` columns from B on, into an NR-wide sliver
  * (NR values per row), zero padded past width. */

@@ -58,17 +58,9 @@ static double time_product(const Shape *s, const MatmulKernel *kern, const real 
 }
 
 int main(int argc, char **argv) {
-    /* llc's SIMD kernels: AVX2 (or NEON), and AVX-512 where compiled in */
-#ifdef AVX512_LANES
-    const MatmulKernel *kernels[2] = {&matmul_simd, &matmul_avx512};
-    const int n_kernels = 2;
-#elif LLC_SIMD
-    const MatmulKernel *kernels[2] = {&matmul_simd, NULL};
-    const int n_kernels = 1;
-#else
-    const MatmulKernel *kernels[2] = {&matmul_portable, NULL};
-    const int n_kernels = 1;
-#endif
+    /* llc's SIMD kernels (AVX2 or NEON, then AVX-512), or the portable one when there is none */
+    const MatmulKernel *const *kernels = MATMUL_N_KERNELS > 1 ? matmul_kernels + 1 : matmul_kernels;
+    const int n_kernels = MATMUL_N_KERNELS > 1 ? MATMUL_N_KERNELS - 1 : 1;
     int i, k, q;
     openblas_set_num_threads(1);
     printf("# OpenBLAS %s, core %s, 1 thread; llc uses %s\n", openblas_get_config(), openblas_get_corename(),

@@ -126,17 +126,12 @@ static void test_matmul_paths(void) {
                                    {130, 7, 600}, {5, 600, 3}, {1, 1000, 1}, {97, 520, 259}, {6, 16, 16},
                                    {12, 16, 16}, {13, 3, 17}};
     size_t s;
+    int k;
     Rng rng;
     rng_seed(&rng, 7);
-    for (s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
-        check_kernel(&matmul_portable, sizes[s][0], sizes[s][1], sizes[s][2], &rng);
-#if LLC_SIMD
-        check_kernel(&matmul_simd, sizes[s][0], sizes[s][1], sizes[s][2], &rng);
-#endif
-#ifdef AVX512_LANES
-        check_kernel(&matmul_avx512, sizes[s][0], sizes[s][1], sizes[s][2], &rng);
-#endif
-    }
+    for (s = 0; s < sizeof sizes / sizeof sizes[0]; s++)
+        for (k = 0; k < MATMUL_N_KERNELS; k++)
+            check_kernel(matmul_kernels[k], sizes[s][0], sizes[s][1], sizes[s][2], &rng);
 }
 
 /* The wrappers pass the right strides: each equals the reference on one size. */
@@ -1208,7 +1203,7 @@ static void test_landscape_exact_quadratic(void) {
 int main(int argc, char **argv) {
     if (argc > 1 && argv[1][0]) g_model_dir = argv[1];
     g_program = "test_llc";
-    printf("# matmul kernel: %s\n", matmul_kernel->name);
+    printf("# matmul kernels: %d compiled in, %s used\n", MATMUL_N_KERNELS, matmul_kernel->name);
     run_test("matmul paths vs reference", test_matmul_paths);
     run_test("matmul wrappers vs reference", test_matmul_wrappers);
     run_test("rng normal moments", test_rng_normal_moments);
