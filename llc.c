@@ -10,7 +10,8 @@
  * one sequence including BOS.
  *
  * Build: cc -O2 -o llc llc.c -lm     (tests compile it with -DLLC_TESTING,
- * which leaves out main)
+ * which leaves out main; -march=native turns on the x86-64 SIMD kernels,
+ * -DLLC_NO_SIMD and -DLLC_NO_THREADS turn off SIMD and POSIX threads)
  */
 #define _POSIX_C_SOURCE 200809L
 #define _FILE_OFFSET_BITS 64
@@ -44,7 +45,8 @@
 #endif
 
 /* ---------------------------------------------------------------------------
- * Utilities: fail-fast allocation, time, interrupts, atomic output files
+ * Utilities: fail-fast allocation, arenas, time, peak memory, interrupts,
+ * atomic output files
  * ------------------------------------------------------------------------- */
 
 #define LLC_PI 3.14159265358979323846

@@ -2,7 +2,8 @@
  * llc.h: public interface of llc, the Local Learning Coefficient of
  * Tracr-compiled transformers, in one C99 file (llc.c).
  *
- * Build: cc -O2 -o llc llc.c -lm   (add -DLLC_DOUBLE for float64 arithmetic)
+ * Build: cc -O2 -o llc llc.c -lm   (add -DLLC_DOUBLE for float64 arithmetic,
+ * and -march=native for the AVX2 or AVX-512 matmul kernel on x86-64)
  *
  * ---------------------------------------------------------------------------
  * LLCW weight file, format versions 1 and 2
