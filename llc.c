@@ -2692,11 +2692,41 @@ enum { SGLD_NOISE_BLOCK = 1024 };
 /* Bytes of the estimator's own state per chain: parameters, gradient,
  * sample order and a block of normals, in one arena (the problem's
  * chain_new adds its own). */
+/* The Metropolis-adjusted Langevin acceptance probability min(1, exp(A)) of
+ * the SGLD step from w0 (drift d0, potential U0) to w1 (d1, U1) with step
+ * size eps, as devinterp's MalaAcceptanceRate computes it:
+ *   A = U0 - U1 - ||w0 - w1 + (eps/2) d1||^2 / (2 eps) + ||w1 - w0 + (eps/2) d0||^2 / (2 eps)
+ * The drift d = nbeta grad L + localization (w - w*) and the potential
+ * U = nbeta L + localization/2 ||w - w*||^2 use minibatch losses. It does
+ * not change the chain; values near 1 mean steps too small to explore, far
+ * below 0.9 steps too large to sample accurately. The arithmetic is done in
+ * `real` in devinterp's order (the sums accumulate in double), so the
+ * float32 build reproduces devinterp's float32 values. */
+static double mala_acceptance(const real *w0, const real *d0, double U0, const real *w1, const real *d1, double U1,
+                              double eps, size_t n) {
+    const real half_eps = (real)eps * (real)0.5, two_eps = (real)2 * (real)eps;
+    double back = 0.0, forth = 0.0;
+    real log_back, log_forth, a;
+    size_t j;
+    for (j = 0; j < n; j++) {
+        real to_w0 = (w0[j] - w1[j]) - half_eps * -d1[j];
+        real to_w1 = (w1[j] - w0[j]) - half_eps * -d0[j];
+        back += (double)(to_w0 * to_w0);
+        forth += (double)(to_w1 * to_w1);
+    }
+    log_back = -(real)back / two_eps;
+    log_forth = -(real)forth / two_eps;
+    a = log_back - log_forth + (real)U0 - (real)U1;
+    if (!isfinite(a)) return 0.0;
+    return a >= 0 ? 1.0 : exp((double)a);
+}
+
 static size_t sgld_chain_bytes(const LlcProblem *p) {
     Arena a = arena_measuring();
-    arena_take(&a, p->n_params, sizeof(real));
-    arena_take(&a, p->n_params, sizeof(real));
+    int k;
+    for (k = 0; k < 5; k++) arena_take(&a, p->n_params, sizeof(real));   /* w, grad, drift, previous w and drift */
     arena_take(&a, (size_t)p->n_samples, sizeof(int));
+    arena_take(&a, (size_t)p->n_samples, sizeof(int));   /* the previous minibatch */
     arena_take(&a, SGLD_NOISE_BLOCK, sizeof(real));
     return a.used;
 }
@@ -2709,8 +2739,10 @@ static void run_chain(EstimateJob *job, int c) {
     int n_batches = (p->n_samples + s->batch - 1) / s->batch;
     long n_steps = (long)s->draws * s->every + s->burnin, i;
     Arena state;
-    real *w, *grad, *xi;
-    int *order;
+    real *w, *grad, *xi, *drift, *w_prev, *drift_prev;
+    int *order, *prev_samples, prev_nb = 0;
+    double potential_prev = 0.0, mala_sum = 0.0;
+    long mala_count = 0;
     const real half_lr = (real)(s->lr / 2), sqrt_lr = (real)sqrt(s->lr), nbeta = (real)r->nbeta;
     const real localization = (real)s->localization, noise = (real)s->noise_level;
     unsigned long long n_unchanged = 0, n_unchanged_nonzero = 0, n_nonzero = 0;
@@ -2722,7 +2754,11 @@ static void run_chain(EstimateJob *job, int c) {
     arena_init(&state, sgld_chain_bytes(p), "a chain's parameters");
     w = arena_take(&state, n, sizeof(real));
     grad = arena_take(&state, n, sizeof(real));
+    drift = arena_take(&state, n, sizeof(real));
+    w_prev = arena_take(&state, n, sizeof(real));
+    drift_prev = arena_take(&state, n, sizeof(real));
     order = arena_take(&state, (size_t)p->n_samples, sizeof(int));
+    prev_samples = arena_take(&state, (size_t)p->n_samples, sizeof(int));
     xi = arena_take(&state, SGLD_NOISE_BLOCK, sizeof(real));
 
     /* chain c uses the stream that starts c + 1 jumps after the seed's */
@@ -2747,17 +2783,42 @@ static void run_chain(EstimateJob *job, int c) {
             if (isfinite(loss)) r->draws_done[c] = draw + 1;
         }
 
-        /* w <- w - (lr/2)(nbeta g + localization (w - w*)) + sqrt(lr) noise xi, with the
-         * normals xi drawn a block at a time */
+        /* drift d = nbeta g + localization (w - w*) and potential U = nbeta L + localization/2 ||w - w*||^2,
+         * then the MALA acceptance of the step that led here */
+        {
+            double distance2 = 0.0, potential;
+            for (j = 0; j < n; j++) {
+                real offset = w[j] - p->w_star[j];
+                drift[j] = nbeta * grad[j] + localization * offset;
+                distance2 += (double)offset * offset;
+            }
+            potential = r->nbeta * loss + 0.5 * s->localization * distance2;
+            if (i > 0 && isfinite(potential)) {
+                /* devinterp's formula takes U here on this step's minibatch and U at the previous point on
+                 * the previous one; with mala_same_batch both use the previous minibatch */
+                double here = potential;
+                if (s->mala_same_batch)
+                    here = r->nbeta * p->loss_grad(chain, prev_samples, prev_nb, NULL) +
+                           0.5 * s->localization * distance2;
+                mala_sum += mala_acceptance(w_prev, drift_prev, potential_prev, w, drift, here, s->lr, n);
+                mala_count++;
+            }
+            potential_prev = potential;
+            memcpy(prev_samples, samples, (size_t)nb * sizeof(int));
+            prev_nb = nb;
+            memcpy(w_prev, w, n * sizeof(real));
+            memcpy(drift_prev, drift, n * sizeof(real));
+        }
+
+        /* w <- w - (lr/2) d + sqrt(lr) noise xi, with the normals xi drawn a block at a time */
         for (j0 = 0; j0 < n; j0 += SGLD_NOISE_BLOCK) {
             size_t len = n - j0 < SGLD_NOISE_BLOCK ? n - j0 : SGLD_NOISE_BLOCK;
             real *wb = w + j0;
-            const real *gb = grad + j0, *w0 = p->w_star + j0;
+            const real *db = drift + j0, *w0 = p->w_star + j0;
             rng_fill_normal(&rng, xi, len);
             for (j = 0; j < len; j++) {
                 real old = wb[j];
-                real drift = nbeta * gb[j] + localization * (old - w0[j]);
-                real step = -half_lr * drift + sqrt_lr * noise * xi[j];
+                real step = -half_lr * db[j] + sqrt_lr * noise * xi[j];
                 wb[j] = old + step;
                 n_unchanged += wb[j] == old && step != 0;
                 n_unchanged_nonzero += wb[j] == old && step != 0 && w0[j] != 0;
@@ -2775,6 +2836,7 @@ static void run_chain(EstimateJob *job, int c) {
         }
     }
     job_report(job, i - reported);
+    r->mala_chain[c] = mala_count ? mala_sum / mala_count : NAN;
     for (j = 0; j < n; j++) n_nonzero += p->w_star[j] != 0;
     job_lock(job);
     job->n_updates += (unsigned long long)i * n;
@@ -2800,26 +2862,127 @@ static void *chain_worker(void *arg) {
     return NULL;
 }
 
-/* Mean loss at w* over the first min(chains, batches) unshuffled batches. */
-static double initial_loss(const LlcProblem *p, const SgldSettings *s) {
+/* The loss at w*: init_loss is the mean over the first min(chains, batches)
+ * unshuffled batches. The gradient statistics use the first K = min(32,
+ * batches) of them: the norm of their mean gradient and its standard error
+ * sqrt(trace(covariance) / K). At a minimum of the loss the mean
+ * gradient is noise of about that size; far above it, SGLD drifts downhill
+ * from w* and the LLC comes out negative. */
+static void loss_at_w_star(const LlcProblem *p, const SgldSettings *s, LlcResult *r) {
     int n_batches = (p->n_samples + s->batch - 1) / s->batch, k, nb;
     int use = s->chains < n_batches ? s->chains : n_batches;
+    int K = n_batches < 32 ? n_batches : 32;
+    if (K < use) K = use;
     int *order = xmalloc((size_t)p->n_samples * sizeof(int), "the sample order");
     real *w = xmalloc(p->n_params * sizeof(real), "a copy of w*");
+    real *grad = xmalloc(p->n_params * sizeof(real), "a gradient");
+    double *mean = xcalloc(p->n_params, sizeof(double), "the mean gradient"), sum = 0.0, norm2 = 0.0, sq = 0.0;
+    size_t j;
     void *chain;
-    double sum = 0.0;
     memcpy(w, p->w_star, p->n_params * sizeof(real));
     for (k = 0; k < p->n_samples; k++) order[k] = k;
     chain = p->chain_new(p, w);
-    for (k = 0; k < use; k++) {
+    for (k = 0; k < K; k++) {
         const int *samples;
+        double loss;
         nb = batch_samples(order, p->n_samples, s->batch, k, &samples);
-        sum += p->loss_grad(chain, samples, nb, NULL);
+        loss = p->loss_grad(chain, samples, nb, grad);
+        if (k < use) sum += loss;
+        for (j = 0; j < p->n_params; j++) {
+            mean[j] += grad[j];
+            sq += (double)grad[j] * grad[j];
+        }
     }
+    for (j = 0; j < p->n_params; j++) {
+        mean[j] /= K;
+        norm2 += mean[j] * mean[j];
+    }
+    r->init_loss = sum / use;
+    r->grad_batches = K;
+    r->grad_norm = sqrt(norm2);
+    /* sum over batches of ||g_k - mean||^2 = sum ||g_k||^2 - K ||mean||^2 */
+    r->grad_noise = K > 1 ? sqrt(fmax(sq - K * norm2, 0.0) / (K - 1) / K) : NAN;
+    /* NOTE: with a single batch (full-batch data) there is no noise estimate, and
+     * a gradient norm above 1e-3 is taken to mean w* is not a minimum. */
+    r->not_minimum = K > 1 ? r->grad_norm > 3 * r->grad_noise && r->grad_norm > 1e-6 : r->grad_norm > 1e-3;
     p->chain_free(chain);
     free(order);
     free(w);
-    return sum / use;
+    free(grad);
+    free(mean);
+}
+
+/* Split-R-hat (Gelman et al.) of the chains' loss traces over their first n
+ * draws: each chain is split into halves, and the variance between the
+ * halves' means is compared with the variance within them. Near 1 when the
+ * chains sample the same distribution. */
+static double split_r_hat(const double *trace, const int *ok, int chains, int draws, int n) {
+    int half = n / 2, m = 0, c, h, d;
+    double grand = 0.0, between = 0.0, within = 0.0, means[2 * 4096];
+    if (half < 2) return NAN;
+    for (c = 0; c < chains && m < 2 * 4096 - 1; c++) {
+        if (!ok[c]) continue;
+        for (h = 0; h < 2; h++) {
+            const double *x = trace + (size_t)c * draws + h * half;
+            double mu = 0.0, var = 0.0;
+            for (d = 0; d < half; d++) mu += x[d];
+            mu /= half;
+            for (d = 0; d < half; d++) var += (x[d] - mu) * (x[d] - mu);
+            within += var / (half - 1);
+            means[m++] = mu;
+            grand += mu;
+        }
+    }
+    if (m < 4) return NAN;
+    grand /= m;
+    for (c = 0; c < m; c++) between += (means[c] - grand) * (means[c] - grand);
+    between = half * between / (m - 1);
+    within /= m;
+    if (within <= 0) return between > 0 ? INFINITY : 1.0;
+    return sqrt(((half - 1.0) / half * within + between / half) / within);
+}
+
+/* Trace diagnostics over the chains that did not diverge: split-R-hat, the
+ * least-squares slope of the mean trace over the second half of the
+ * draws (flat when its change across that half is within one standard
+ * deviation of the values), and the chains whose mean lies below init_loss. */
+static void trace_diagnostics(LlcResult *r) {
+    int *ok = xcalloc((size_t)r->chains, sizeof(int), "chain flags");
+    int c, d, n = r->draws, n_ok = 0, start, len;
+    double *mean_trace = xcalloc((size_t)r->draws, sizeof(double), "a trace");
+    double sx = 0, sy = 0, sxx = 0, sxy = 0, var = 0, mala = 0;
+    int n_mala = 0;
+    for (c = 0; c < r->chains; c++) {
+        ok[c] = r->diverged_step[c] < 0 && r->draws_done[c] > 0;
+        if (!ok[c]) continue;
+        n_ok++;
+        if (r->draws_done[c] < n) n = r->draws_done[c];
+        if (isfinite(r->llc_chain[c]) && r->llc_chain[c] < 0) r->n_below_init++;
+        if (isfinite(r->mala_chain[c])) mala += r->mala_chain[c], n_mala++;
+    }
+    r->mala_mean = n_mala ? mala / n_mala : NAN;
+    r->r_hat = n_ok >= 2 ? split_r_hat(r->loss_trace, ok, r->chains, r->draws, n) : NAN;
+    r->second_half_slope = r->second_half_change = r->second_half_std = NAN;
+    r->flat = 0;
+    if (n_ok > 0 && n >= 4) {
+        for (d = 0; d < n; d++) {
+            for (c = 0; c < r->chains; c++)
+                if (ok[c]) mean_trace[d] += r->loss_trace[(size_t)c * r->draws + d] / n_ok;
+        }
+        start = n / 2;
+        len = n - start;
+        for (d = start; d < n; d++) {
+            double x = d - start, y = mean_trace[d];
+            sx += x, sy += y, sxx += x * x, sxy += x * y;
+        }
+        r->second_half_slope = (len * sxy - sx * sy) / (len * sxx - sx * sx);
+        r->second_half_change = r->second_half_slope * len;
+        for (d = start; d < n; d++) var += (mean_trace[d] - sy / len) * (mean_trace[d] - sy / len);
+        r->second_half_std = sqrt(var / (len - 1));
+        r->flat = fabs(r->second_half_change) <= r->second_half_std;
+    }
+    free(ok);
+    free(mean_trace);
 }
 
 int llc_estimate(const LlcProblem *p, const SgldSettings *s, LlcResult *r) {
@@ -2848,7 +3011,9 @@ int llc_estimate(const LlcProblem *p, const SgldSettings *s, LlcResult *r) {
     job.r = r;
     job.steps_total = (long)s->chains * ((long)s->draws * s->every + s->burnin);
     job.t_start = job.t_last_report = now_seconds();
-    r->init_loss = initial_loss(p, s);
+    r->mala_chain = xmalloc((size_t)s->chains * sizeof(double), "the chain results");
+    for (c = 0; c < s->chains; c++) r->mala_chain[c] = NAN;
+    loss_at_w_star(p, s, r);
 
     n_threads = s->threads > 0 ? s->threads : cpu_count();
     if (n_threads > s->chains) n_threads = s->chains;
@@ -2893,6 +3058,7 @@ int llc_estimate(const LlcProblem *p, const SgldSettings *s, LlcResult *r) {
     r->unchanged_fraction = job.n_updates ? (double)job.n_unchanged / (double)job.n_updates : 0.0;
     r->unchanged_fraction_nonzero =
         job.n_updates_nonzero ? (double)job.n_unchanged_nonzero / (double)job.n_updates_nonzero : 0.0;
+    trace_diagnostics(r);
     r->seconds = now_seconds() - job.t_start;
     r->interrupted = g_interrupted != 0;
     return 0;
@@ -2900,11 +3066,190 @@ int llc_estimate(const LlcProblem *p, const SgldSettings *s, LlcResult *r) {
 
 void llc_result_free(LlcResult *r) {
     free(r->loss_trace);
+    free(r->mala_chain);
     free(r->llc_chain);
     free(r->diverged_step);
     free(r->diverged_draw);
     free(r->draws_done);
     memset(r, 0, sizeof *r);
+}
+
+/* Calibration: short chains over a grid of step sizes and nbeta values, as
+ * devinterp's epsilon-beta analysis suggests. A grid point is stable when no
+ * chain diverges, the mean MALA acceptance (with both potentials on the same
+ * minibatch, because the loss difference between two minibatches times nbeta
+ * swamps devinterp's formula for small batches) is at least 0.95, the second half
+ * of the mean loss trace is flat and the LLC is not negative. devinterp's
+ * notebooks call an acceptance of 0.9 to 0.95 roughly optimal; on the
+ * known-answer models an acceptance of 0.9 already biases the LLC upwards by
+ * up to 40 %, hence the upper end. For each nbeta the best point is its
+ * largest stable step size. The recommended nbeta is, among those whose LLC
+ * there is within 20 % of their neighbours' (the flat region; all of them if
+ * none is), the one closest to the default batch / ln(batch); the
+ * recommended step size is its largest stable one. */
+typedef struct {
+    int n_lrs, n_nbetas;
+    const double *lrs, *nbetas;
+    double *llc_mean, *llc_std, *mala, *r_hat;   /* [i_lr * n_nbetas + i_nbeta] */
+    int *n_diverged, *flat, *stable;
+    char (*reason)[96];                          /* why a point is unstable; empty when stable */
+    int best;                                    /* index of the recommended point, or -1 */
+    double lr, nbeta;
+    char explanation[512];
+} Calibration;
+
+static void calibration_free(Calibration *cal) {
+    free(cal->llc_mean);
+    free(cal->llc_std);
+    free(cal->mala);
+    free(cal->r_hat);
+    free(cal->n_diverged);
+    free(cal->flat);
+    free(cal->stable);
+    free(cal->reason);
+    memset(cal, 0, sizeof *cal);
+}
+
+static int calibration_choose(Calibration *cal, const SgldSettings *base);
+
+static int calibrate(const LlcProblem *p, const SgldSettings *base, const double *lrs, int n_lrs, const double *nbetas,
+                     int n_nbetas, Calibration *cal) {
+    int n = n_lrs * n_nbetas, i, j;
+    memset(cal, 0, sizeof *cal);
+    cal->n_lrs = n_lrs;
+    cal->n_nbetas = n_nbetas;
+    cal->lrs = lrs;
+    cal->nbetas = nbetas;
+    cal->llc_mean = xcalloc((size_t)n, sizeof(double), "the calibration grid");
+    cal->llc_std = xcalloc((size_t)n, sizeof(double), "the calibration grid");
+    cal->mala = xcalloc((size_t)n, sizeof(double), "the calibration grid");
+    cal->r_hat = xcalloc((size_t)n, sizeof(double), "the calibration grid");
+    cal->n_diverged = xcalloc((size_t)n, sizeof(int), "the calibration grid");
+    cal->flat = xcalloc((size_t)n, sizeof(int), "the calibration grid");
+    cal->stable = xcalloc((size_t)n, sizeof(int), "the calibration grid");
+    cal->reason = xcalloc((size_t)n, sizeof *cal->reason, "the calibration grid");
+    cal->best = -1;
+
+    for (i = 0; i < n_lrs && !g_interrupted; i++) {
+        for (j = 0; j < n_nbetas && !g_interrupted; j++) {
+            int k = i * n_nbetas + j, quiet = g_quiet;
+            SgldSettings s = *base;
+            LlcResult r;
+            s.lr = lrs[i];
+            s.nbeta = nbetas[j];
+            s.mala_same_batch = 1;
+            g_quiet = 1;
+            if (llc_estimate(p, &s, &r) != 0) {
+                g_quiet = quiet;
+                calibration_free(cal);
+                return -1;
+            }
+            g_quiet = quiet;
+            cal->llc_mean[k] = r.llc_mean;
+            cal->llc_std[k] = r.llc_std;
+            cal->mala[k] = r.mala_mean;
+            cal->r_hat[k] = r.r_hat;
+            cal->n_diverged[k] = r.n_diverged;
+            cal->flat[k] = r.flat;
+            if (r.n_diverged) snprintf(cal->reason[k], sizeof cal->reason[k], "%d chains diverged", r.n_diverged);
+            else if (!(r.mala_mean >= 0.95))
+                snprintf(cal->reason[k], sizeof cal->reason[k], "MALA acceptance %.2f < 0.95", r.mala_mean);
+            else if (!r.flat) snprintf(cal->reason[k], sizeof cal->reason[k], "loss still moving in the second half");
+            else if (!(r.llc_mean >= 0)) snprintf(cal->reason[k], sizeof cal->reason[k], "negative LLC");
+            cal->stable[k] = cal->reason[k][0] == 0;
+            progress("calibration: lr %g, nbeta %g: llc %.4g, MALA %.2f, %s", lrs[i], nbetas[j], r.llc_mean,
+                     r.mala_mean, cal->stable[k] ? "stable" : cal->reason[k]);
+            llc_result_free(&r);
+        }
+    }
+    if (g_interrupted) return 1;
+
+    /* choose, then confirm the choice with chains four times as long; a
+     * point that fails the check is marked unstable and the choice repeated
+     * (chains can stay calm for a short run and diverge later) */
+    for (;;) {
+        SgldSettings s = *base;
+        LlcResult r;
+        int k, quiet = g_quiet;
+        if (calibration_choose(cal, base) != 0 || cal->best < 0) return 0;
+        k = cal->best;
+        s.lr = cal->lr;
+        s.nbeta = cal->nbeta;
+        s.draws = 4 * base->draws;
+        s.mala_same_batch = 1;
+        g_quiet = 1;
+        llc_estimate(p, &s, &r);
+        g_quiet = quiet;
+        if (r.n_diverged)
+            snprintf(cal->reason[k], sizeof cal->reason[k], "%d chains diverged in a 4x longer check", r.n_diverged);
+        else if (!(r.mala_mean >= 0.95))
+            snprintf(cal->reason[k], sizeof cal->reason[k], "MALA acceptance %.2f < 0.95 in a 4x longer check",
+                     r.mala_mean);
+        else if (!(r.llc_mean >= 0))
+            snprintf(cal->reason[k], sizeof cal->reason[k], "negative LLC in a 4x longer check");
+        llc_result_free(&r);
+        if (!cal->reason[k][0]) break;
+        progress("calibration: lr %g, nbeta %g: %s", cal->lr, cal->nbeta, cal->reason[k]);
+        cal->stable[k] = 0;
+        cal->best = -1;
+    }
+    return 0;
+}
+
+/* Picks the recommended point of a filled calibration grid (see above). */
+static int calibration_choose(Calibration *cal, const SgldSettings *base) {
+    int n_lrs = cal->n_lrs, n_nbetas = cal->n_nbetas, i, j;
+    const double *lrs = cal->lrs, *nbetas = cal->nbetas;
+    cal->best = -1;
+    {
+        int *top = xmalloc((size_t)n_nbetas * sizeof(int), "the calibration grid");
+        int n_with = 0, n_flat = 0, pass;
+        double default_nbeta = sgld_default_nbeta(base->batch), best_distance = INFINITY;
+        for (j = 0; j < n_nbetas; j++) {
+            top[j] = -1;
+            for (i = 0; i < n_lrs; i++)
+                if (cal->stable[i * n_nbetas + j] && (top[j] < 0 || lrs[i] > lrs[top[j]])) top[j] = i;
+            n_with += top[j] >= 0;
+        }
+        if (n_with == 0) {
+            snprintf(cal->explanation, sizeof cal->explanation,
+                     "no grid point is stable (no divergence, MALA acceptance >= 0.95, flat second half, LLC >= 0); "
+                     "try smaller step sizes (--lr-grid), more --draws, or a --localization above 0");
+            free(top);
+            return 0;
+        }
+
+        /* the flat region: LLC within 20 % of the neighbours that have a stable point */
+        for (pass = 0; pass < 2 && cal->best < 0; pass++) {
+            for (j = 0; j < n_nbetas; j++) {
+                int side, flat = 1;
+                double llc, distance;
+                if (top[j] < 0) continue;
+                llc = cal->llc_mean[top[j] * n_nbetas + j];
+                for (side = -1; side <= 1; side += 2) {
+                    int nb = j + side;
+                    double other;
+                    if (nb < 0 || nb >= n_nbetas || top[nb] < 0) continue;
+                    other = cal->llc_mean[top[nb] * n_nbetas + nb];
+                    if (fabs(other - llc) > 0.2 * fmax(fabs(llc), 1e-12)) flat = 0;
+                }
+                if (pass == 0 && !flat) continue;
+                n_flat += pass == 0;
+                distance = fabs(log(nbetas[j] / default_nbeta));
+                if (distance < best_distance) best_distance = distance, cal->best = top[j] * n_nbetas + j;
+            }
+        }
+        cal->lr = lrs[cal->best / n_nbetas];
+        cal->nbeta = nbetas[cal->best % n_nbetas];
+        snprintf(cal->explanation, sizeof cal->explanation,
+                 "%d of %d nbeta values have a stable step size, %d of them in a region where the LLC is flat in "
+                 "nbeta (within 20 %% of its neighbours); nbeta %g is %s closest to the default %g, and lr %g is its "
+                 "largest stable step size: llc %.4g, MALA acceptance %.2f",
+                 n_with, n_nbetas, n_flat, cal->nbeta, n_flat ? "the flat one" : "the one", default_nbeta, cal->lr,
+                 cal->llc_mean[cal->best], cal->mala[cal->best]);
+        free(top);
+    }
+    return 0;
 }
 
 /* The LlcProblem of a model: its trainable parameters, a dataset and a loss. */
@@ -4099,6 +4444,10 @@ static double model_sparsity(const Model *m, size_t nonzero) {
 /* The SGLD options of every command that estimates an LLC. */
 #define SGLD_OPTIONS(s, nbeta, n_samples)                                                          \
     {"--lr", OPT_REAL, &(s).lr, 0, INFINITY, 1, "EPS", "SGLD step size epsilon", NULL},             \
+    SGLD_OPTIONS_BUT_LR(s, nbeta, n_samples)
+
+/* The same without --lr, for commands that read it differently. */
+#define SGLD_OPTIONS_BUT_LR(s, nbeta, n_samples)                                                   \
     {"--nbeta", OPT_REAL, &(nbeta), 0, INFINITY, 1, "NB",                                          \
      "inverse temperature n*beta (default batch / ln(batch))", NULL},                              \
     {"--localization", OPT_REAL, &(s).localization, 0, INFINITY, 0, "G",                           \
@@ -4142,6 +4491,11 @@ static void estimate_on_random_inputs(const Model *m, const Model *ref, LossKind
     p = model_problem(&mp);
     if (llc_estimate(&p, s, r) != 0) die("invalid SGLD settings");
     dataset_free(&d);
+}
+
+/* Writes v with format, or nothing (an empty CSV field) when it is not finite. */
+static void csv_number(FILE *f, double v, const char *format) {
+    if (isfinite(v)) fprintf(f, format, v);
 }
 
 static int file_exists(const char *path) {
@@ -4676,6 +5030,7 @@ typedef struct {
     double lr_ref_params;
     double max_memory;         /* bytes; refuse jobs that need more */
     int strict;                /* any diverged chain makes the job fail */
+    int lr_auto;               /* choose lr (and nbeta unless given) by calibration first */
     int summary;               /* print the summary on stdout */
 } EstimateRequest;
 
@@ -4737,6 +5092,22 @@ static void write_estimate_json(FILE *f, const EstimateInfo *info, const SgldSet
         j.inline_depth = 3;
     }
     json_array_end(&j);
+    json_object(&j, "diagnostics");
+    json_num(&j, "grad_norm", r->grad_norm);
+    json_num(&j, "grad_noise", r->grad_noise);
+    json_int(&j, "grad_batches", r->grad_batches);
+    json_bool(&j, "w_star_is_minimum", !r->not_minimum);
+    json_array(&j, "mala_acceptance_chains");
+    for (c = 0; c < r->chains; c++) json_num(&j, NULL, r->mala_chain[c]);
+    json_array_end(&j);
+    json_num(&j, "mala_acceptance_mean", r->mala_mean);
+    json_num(&j, "r_hat", r->r_hat);
+    json_num(&j, "second_half_slope", r->second_half_slope);
+    json_num(&j, "second_half_change", r->second_half_change);
+    json_num(&j, "second_half_std", r->second_half_std);
+    json_bool(&j, "second_half_flat", r->flat);
+    json_int(&j, "chains_below_init_loss", r->n_below_init);
+    json_object_end(&j);
     json_num(&j, "unchanged_update_fraction", r->unchanged_fraction);
     json_num(&j, "unchanged_update_fraction_nonzero", r->unchanged_fraction_nonzero);
     json_num(&j, "memory_estimate_bytes", info->memory_bytes);
@@ -4746,7 +5117,8 @@ static void write_estimate_json(FILE *f, const EstimateInfo *info, const SgldSet
     json_int(&j, "chain_arena_bytes", (long long)info->chain_bytes);
     json_object(&j, "settings");
     json_num(&j, "lr", info->lr);
-    json_num(&j, "base_lr", q->s.lr);
+    json_num(&j, "base_lr", q->lr_auto ? info->lr : q->s.lr);
+    json_bool(&j, "lr_auto", q->lr_auto);
     json_str(&j, "lr_scale", q->lr_scale);
     json_num(&j, "lr_ref_params", q->lr_ref_params);
     json_num(&j, "nbeta", r->nbeta);
@@ -4809,6 +5181,26 @@ static void write_trace_csv_cb(FILE *f, const void *ctx) {
     write_trace_csv(f, o->r, o->s);
 }
 
+/* Prints the diagnostics in one line on stderr, and a warning for each sign
+ * that the estimate cannot be trusted. */
+static void report_diagnostics(const LlcResult *r, const char *loss) {
+    char noise[48] = "";
+    if (g_quiet == 0 || r->not_minimum || r->n_below_init) {
+        if (isfinite(r->grad_noise)) snprintf(noise, sizeof noise, ", noise %.2g", r->grad_noise);
+        fprintf(stderr, "%s: diagnostics: gradient norm at w* %.3g%s (%s), MALA acceptance %.3f, split-R-hat %.3f, "
+                        "second half %s, %d of %d chains below init_loss\n",
+                g_program, r->grad_norm, noise, r->not_minimum ? "w* is not a minimum" : "w* looks like a minimum",
+                r->mala_mean, r->r_hat, r->flat ? "flat" : "not flat", r->n_below_init, r->chains);
+    }
+    if (r->not_minimum)
+        warn("w* is not a local minimum of the %s loss (mean gradient norm %.3g, %.0f times its noise), so SGLD "
+             "drifts downhill and the LLC comes out low or negative; the kl and mse losses are minimal at w*",
+             loss, r->grad_norm, isfinite(r->grad_noise) && r->grad_noise > 0 ? r->grad_norm / r->grad_noise : 0.0);
+    if (r->n_below_init)
+        warn("%d of %d chains have a mean loss below init_loss (a negative LLC): they are still descending from w*",
+             r->n_below_init, r->chains);
+}
+
 /* Runs an estimate request; returns the exit status (0, 1, or 130). */
 static int estimate_job(const EstimateRequest *q) {
     SgldSettings s = q->s;
@@ -4869,6 +5261,31 @@ static int estimate_job(const EstimateRequest *q) {
              format_seconds(info.estimated_seconds, time_text, sizeof time_text));
 
     install_sigint_handler();
+    if (q->lr_auto) {
+        Calibration cal;
+        double nbetas[5], lrs[] = {1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2};
+        int j, n_nbetas = 5;
+        SgldSettings short_chains = s;
+        short_chains.chains = s.chains < 4 ? s.chains : 4;
+        short_chains.draws = 100;
+        short_chains.burnin = 0;
+        short_chains.every = 1;
+        if (s.nbeta > 0) nbetas[0] = s.nbeta, n_nbetas = 1;
+        else
+            for (j = 0; j < 5; j++) nbetas[j] = sgld_default_nbeta(s.batch) * pow(10.0, (j - 2) / 2.0);
+        progress("--lr auto: calibrating over %d step sizes x %d nbeta values", 6, n_nbetas);
+        if (calibrate(&problem, &short_chains, lrs, 6, nbetas, n_nbetas, &cal) != 0) die("calibration failed");
+        if (g_interrupted) return 130;
+        if (cal.best < 0) {
+            fprintf(stderr, "%s: --lr auto: %s; give --lr instead\n", g_program, cal.explanation);
+            calibration_free(&cal);
+            return 1;
+        }
+        progress("--lr auto: %s", cal.explanation);
+        s.lr = info.lr = cal.lr;
+        s.nbeta = cal.nbeta;
+        calibration_free(&cal);
+    }
     if (llc_estimate(&problem, &s, &r) != 0) die("invalid SGLD settings");
     info.m = &m;
     info.teacher_path = NULL;
@@ -4915,6 +5332,7 @@ static int estimate_job(const EstimateRequest *q) {
             warn("chain %d diverged: non-finite loss or gradient at step %d (draw %d); it is left out of llc_mean",
                  i, r.diverged_step[i], r.diverged_draw[i]);
     if (r.n_diverged == r.chains) warn("every chain diverged, so there is no estimate; try a smaller --lr");
+    report_diagnostics(&r, loss_name(loss));
     if (r.unchanged_fraction_nonzero > 0.5)
         warn("%.0f %% of the updates of parameters that are non-zero at w* rounded to no change in %s (lr %g is "
              "below their precision); the float64 build llc64 (make DOUBLE=1) resolves them",
@@ -4960,10 +5378,12 @@ static int cmd_estimate(int argc, char **argv) {
         "writes its partial results to FILE.incomplete and exits with status 130.\n"};
     EstimateRequest q;
     double nbeta = NAN;
-    const char *max_memory = NULL;
+    const char *max_memory = NULL, *lr_text = NULL;
     int quiet = 0;
     Option opts[] = {
-        SGLD_OPTIONS(q.s, nbeta, q.n_samples),
+        {"--lr", OPT_STRING, &lr_text, 0, 0, 0, "EPS|auto",
+         "SGLD step size epsilon (default 1e-5); auto: calibrate first (see llc calibrate)", NULL},
+        SGLD_OPTIONS_BUT_LR(q.s, nbeta, q.n_samples),
         {"--loss", OPT_STRING, &q.loss_arg, 0, 0, 0, "NAME", "loss: auto, ce, mse or kl", "auto|ce|mse|kl"},
         {"--teacher", OPT_STRING, &q.teacher_path, 0, 0, 0, "FILE", "reference model for labels and the KL loss",
          NULL},
@@ -4986,6 +5406,15 @@ static int cmd_estimate(int argc, char **argv) {
     g_quiet = quiet;
     q.model_path = pos[0];
     q.s.nbeta = isfinite(nbeta) ? nbeta : 0.0;
+    if (lr_text && !strcmp(lr_text, "auto")) {
+        q.lr_auto = 1;
+    } else if (lr_text) {
+        char *end;
+        q.s.lr = strtod(lr_text, &end);
+        if (*end || end == lr_text || !(q.s.lr > 0) || !isfinite(q.s.lr))
+            usage_error(&cmd, "--lr must be a number > 0 or auto, got \"%s\"", lr_text);
+    }
+    if (q.lr_auto && strcmp(q.lr_scale, "none") != 0) usage_error(&cmd, "--lr auto cannot be combined with --lr-scale");
     q.max_memory = max_memory ? parse_bytes(max_memory) : available_memory_bytes();
     if (q.max_memory <= 0) usage_error(&cmd, "--max-memory must be a size such as 8G or 512M, got \"%s\"", max_memory);
     return estimate_job(&q);
@@ -5664,6 +6093,157 @@ static int cmd_landscape(int argc, char **argv) {
     return status;
 }
 
+/* llc calibrate ------------------------------------------------------------ */
+
+static int cmd_calibrate(int argc, char **argv) {
+    static const Command cmd = {
+        "calibrate", "MODEL [--lr-grid EPS,...] [--nbeta-grid NB,...] [options]",
+        "Run short SGLD chains over a grid of step sizes and nbeta values and recommend settings: the\n"
+        "largest step size whose chains are stable (no divergence, MALA acceptance at least 0.95,\n"
+        "a flat second half of the loss trace, a non-negative LLC, confirmed by chains four times\n"
+        "as long) with an nbeta where the LLC is flat in nbeta, preferring the default batch / ln(batch).",
+        1, 1,
+        "The MALA acceptance here takes both potentials on the same minibatch (one more forward pass\n"
+        "per step): devinterp's formula mixes two minibatches, and nbeta times their loss difference\n"
+        "swamps it for small batches. Writes the grid with --csv and a plot of the LLC against the\n"
+        "step size per nbeta with --svg (unstable points drawn as crosses).\n"};
+    SgldSettings s;
+    double nbeta_unused = NAN, lrs[32], nbetas[32];
+    int n_samples = 1024, quiet = 0, n_lrs, n_nbetas, i, j, status = 0, has_teacher;
+    const char *lr_grid = "1e-7,1e-6,1e-5,1e-4,1e-3,1e-2", *nbeta_grid = NULL, *loss_arg = "auto",
+               *teacher_arg = NULL, *csv_path = NULL, *svg_path = NULL;
+    Option opts[] = {
+        {"--lr-grid", OPT_STRING, &lr_grid, 0, 0, 0, "EPS,...", "step sizes to try", NULL},
+        {"--nbeta-grid", OPT_STRING, &nbeta_grid, 0, 0, 0, "NB,...",
+         "nbeta values to try (default: batch / ln(batch) times 0.1, 0.32, 1, 3.2 and 10)", NULL},
+        SGLD_OPTIONS_BUT_LR(s, nbeta_unused, n_samples),
+        {"--loss", OPT_STRING, &loss_arg, 0, 0, 0, "NAME", "loss: auto, ce, mse or kl", "auto|ce|mse|kl"},
+        {"--teacher", OPT_STRING, &teacher_arg, 0, 0, 0, "FILE", "reference model for labels and the KL loss", NULL},
+        {"--csv", OPT_STRING, &csv_path, 0, 0, 0, "FILE", "write the grid as CSV", NULL},
+        {"--svg", OPT_STRING, &svg_path, 0, 0, 0, "FILE", "plot the LLC against the step size per nbeta", NULL},
+        {"--quiet", OPT_FLAG, &quiet, 0, 0, 0, NULL, "no progress messages", NULL},
+        {NULL, OPT_FLAG, NULL, 0, 0, 0, NULL, NULL, NULL}};
+    char *pos[1];
+    Model m, teacher;
+    Dataset d;
+    ModelProblem mp;
+    LlcProblem p;
+    Calibration cal;
+    Rng rng;
+
+    sgld_defaults(&s);
+    s.chains = 4;
+    s.draws = 100;
+    parse_args(&cmd, opts, argc, argv, pos);
+    g_quiet = quiet;
+    if (isfinite(nbeta_unused)) usage_error(&cmd, "use --nbeta-grid to set the nbeta values");
+    n_lrs = parse_number_list(lr_grid, lrs, 32);
+    if (n_lrs < 1) usage_error(&cmd, "--lr-grid must be a list of up to 32 numbers, got \"%s\"", lr_grid);
+    for (i = 0; i < n_lrs; i++)
+        if (!(lrs[i] > 0)) usage_error(&cmd, "--lr-grid values must be > 0, got %g", lrs[i]);
+    if (nbeta_grid) {
+        n_nbetas = parse_number_list(nbeta_grid, nbetas, 32);
+        if (n_nbetas < 1) usage_error(&cmd, "--nbeta-grid must be a list of up to 32 numbers, got \"%s\"", nbeta_grid);
+        for (j = 0; j < n_nbetas; j++)
+            if (!(nbetas[j] > 0)) usage_error(&cmd, "--nbeta-grid values must be > 0, got %g", nbetas[j]);
+    } else {
+        n_nbetas = 5;
+        for (j = 0; j < 5; j++) nbetas[j] = sgld_default_nbeta(s.batch) * pow(10.0, (j - 2) / 2.0);
+    }
+
+    load_model_or_exit(&m, pos[0]);
+    has_teacher = load_teacher(&teacher, &m, pos[0], teacher_arg);
+    rng_seed(&rng, s.seed);
+    dataset_random(&d, &m.cfg, n_samples, &rng);
+    dataset_label(&d, has_teacher ? &teacher : &m, s.batch < n_samples ? s.batch : n_samples);
+    mp.m = &m;
+    mp.data = &d;
+    mp.loss = resolve_loss(loss_arg, &m, has_teacher, "calibrate");
+    mp.max_batch = s.batch < n_samples ? s.batch : n_samples;
+    p = model_problem(&mp);
+    install_sigint_handler();
+    if (calibrate(&p, &s, lrs, n_lrs, nbetas, n_nbetas, &cal) != 0) die("calibration failed");
+    if (g_interrupted) {
+        warn("interrupted: no files are written");
+        return 130;
+    }
+
+    printf("%-10s %-10s %-12s %-8s %s\n", "lr", "nbeta", "llc_mean", "MALA", "status");
+    for (i = 0; i < n_lrs; i++)
+        for (j = 0; j < n_nbetas; j++) {
+            int k = i * n_nbetas + j;
+            printf("%-10g %-10.4g %-12.5g %-8.3f %s%s\n", lrs[i], nbetas[j], cal.llc_mean[k], cal.mala[k],
+                   cal.stable[k] ? "stable" : cal.reason[k], k == cal.best ? "  <- recommended" : "");
+        }
+    if (cal.best >= 0) printf("recommended  --lr %g --nbeta %g\n%s\n", cal.lr, cal.nbeta, cal.explanation);
+    else printf("no recommendation: %s\n", cal.explanation);
+
+    if (csv_path) {
+        AtomicFile af;
+        if (atomic_open(&af, csv_path) != 0) return 1;
+        fprintf(af.f, "lr,nbeta,llc_mean,llc_std,mala_acceptance,r_hat,diverged_chains,second_half_flat,stable,"
+                      "recommended,reason\n");
+        for (i = 0; i < n_lrs; i++)
+            for (j = 0; j < n_nbetas; j++) {
+                int k = i * n_nbetas + j;
+                fprintf(af.f, "%g,%.9g,", lrs[i], nbetas[j]);
+                csv_number(af.f, cal.llc_mean[k], "%.9g");
+                fputc(',', af.f);
+                csv_number(af.f, cal.llc_std[k], "%.9g");
+                fputc(',', af.f);
+                csv_number(af.f, cal.mala[k], "%.6f");
+                fputc(',', af.f);
+                csv_number(af.f, cal.r_hat[k], "%.6f");
+                fprintf(af.f, ",%d,%s,%s,%s,%s\n", cal.n_diverged[k], cal.flat[k] ? "true" : "false",
+                        cal.stable[k] ? "true" : "false", k == cal.best ? "true" : "false", cal.reason[k]);
+            }
+        if (atomic_commit(&af) != 0) status = 1;
+    }
+    if (svg_path) {
+        PlotSeries series[32];
+        char labels[32][48];
+        double *llc = xmalloc((size_t)n_lrs * n_nbetas * sizeof(double), "a series");
+        int *marked = xmalloc((size_t)n_lrs * n_nbetas * sizeof(int), "a series");
+        double stable_max = 0.0;
+        LinePlot plot;
+        /* unstable points far outside the stable ones would flatten the plot: leave those out */
+        for (i = 0; i < n_lrs * n_nbetas; i++)
+            if (cal.stable[i] && fabs(cal.llc_mean[i]) > stable_max) stable_max = fabs(cal.llc_mean[i]);
+        for (j = 0; j < n_nbetas; j++) {
+            for (i = 0; i < n_lrs; i++) {
+                int k = i * n_nbetas + j;
+                double v = cal.llc_mean[k];
+                llc[j * n_lrs + i] = !cal.stable[k] && stable_max > 0 && fabs(v) > 10 * stable_max ? NAN : v;
+                marked[j * n_lrs + i] = !cal.stable[k];
+            }
+            snprintf(labels[j], sizeof labels[j], "nbeta %.4g", nbetas[j]);
+            memset(&series[j], 0, sizeof series[j]);
+            series[j].label = labels[j];
+            series[j].x = lrs;
+            series[j].y = llc + j * n_lrs;
+            series[j].n = n_lrs;
+            series[j].color = j;
+            series[j].marked = marked + j * n_lrs;
+        }
+        memset(&plot, 0, sizeof plot);
+        plot.title = "Calibration: LLC of short chains against the SGLD step size";
+        plot.x_label = "lr (SGLD step size)";
+        plot.y_label = "llc_mean";
+        plot.log_x = 1;
+        plot.series = series;
+        plot.n_series = n_nbetas;
+        plot.note = "crosses: unstable (diverged, MALA acceptance < 0.95, loss still moving, or negative LLC)";
+        if (write_line_plot(svg_path, &plot) != 0) status = 1;
+        free(llc);
+        free(marked);
+    }
+    calibration_free(&cal);
+    dataset_free(&d);
+    if (has_teacher) model_free(&teacher);
+    model_free(&m);
+    return status;
+}
+
 /* llc sweep, collect and plot ---------------------------------------------- */
 
 /* Runs argv[0] (no shell) and returns its standard output, NUL-terminated,
@@ -5841,10 +6421,6 @@ static int compare_rows(const void *pa, const void *pb) {
     c = strcmp(a->lr_scale, b->lr_scale);
     if (c) return c;
     return a->base_lr < b->base_lr ? 1 : a->base_lr > b->base_lr ? -1 : 0;
-}
-
-static void csv_number(FILE *f, double v, const char *format) {
-    if (isfinite(v)) fprintf(f, format, v);
 }
 
 /* Merges the .json files of DIR/jobs into DIR/results.csv; returns the
@@ -6387,6 +6963,7 @@ static const CommandEntry commands[] = {
     {"distill", cmd_distill, "distill a teacher into a smaller student"},
     {"study-distill", cmd_study_distill, "teacher and student LLCs for several programs and shrinks"},
     {"landscape", cmd_landscape, "loss landscape along the top principal components of the gradients"},
+    {"calibrate", cmd_calibrate, "recommend SGLD settings from short chains over a grid"},
     {"sweep", cmd_sweep, "LLC against max_seq_len and step size for several programs"},
     {"collect", cmd_collect, "merge the job results of a sweep into results.csv"},
     {"plot", cmd_plot, "plot a sweep's results.csv as SVG"},

@@ -215,6 +215,7 @@ typedef struct {
     int shuffle;           /* reshuffle the samples every epoch, per chain */
     int threads;           /* 0: one per core */
     uint64_t seed;
+    int mala_same_batch;   /* MALA potentials of both points on the same minibatch (one more forward pass a step) */
 } SgldSettings;
 
 typedef struct {
@@ -233,6 +234,20 @@ typedef struct {
     double llc_std;        /* sample std (n - 1) over those chains; NaN for fewer than 2 */
     double seconds;
     int interrupted;       /* stopped early by SIGINT */
+
+    /* Diagnostics of whether the estimate can be trusted. */
+    double grad_norm;      /* ||mean minibatch gradient|| of the loss at w* */
+    double grad_noise;     /* standard error of that mean: sqrt(trace of the batch gradients' covariance / K) */
+    int grad_batches;      /* K, the batches behind grad_norm */
+    int not_minimum;       /* grad_norm far above grad_noise: w* is not a local minimum of the loss */
+    double *mala_chain;    /* [chains] mean MALA acceptance probability of the chain's steps (devinterp's formula) */
+    double mala_mean;      /* over chains that did not diverge */
+    double r_hat;          /* split-R-hat of the loss traces; NaN for fewer than 2 chains or 4 draws */
+    double second_half_slope;   /* per draw, of the mean loss trace over chains in the second half of the draws */
+    double second_half_change;  /* that slope times the number of draws in the second half */
+    double second_half_std;     /* standard deviation of the mean loss trace there */
+    int flat;              /* |second_half_change| <= second_half_std */
+    int n_below_init;      /* chains whose mean draw loss is below init_loss (a negative LLC) */
 } LlcResult;
 
 double sgld_default_nbeta(int batch);

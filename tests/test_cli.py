@@ -221,6 +221,73 @@ def test_landscape_usage_errors():
     expect_status(llc("landscape", SORT5, "--batches", 64, "--batch", 32, "--samples", 100), 2, "--samples")
 
 
+def test_diagnostics_not_minimum_warning():
+    model = os.path.join(WEIGHTS, "sort_unique_n5.llcw")
+    out = os.path.join(TMP, "diag.json")
+    ce = llc("estimate", model, "--loss", "ce", "--chains", 2, "--draws", 20, "--json", out)
+    expect(ce.returncode == 0, ce.stderr)
+    expect("w* is not a local minimum of the ce loss" in ce.stderr, ce.stderr[-500:])
+    diag = json.load(open(out))["diagnostics"]
+    expect(diag["w_star_is_minimum"] is False, f"diagnostics {diag}")
+    expect(diag["grad_norm"] > 3 * diag["grad_noise"], f"grad_norm {diag['grad_norm']}, noise {diag['grad_noise']}")
+    kl = llc("estimate", model, "--loss", "kl", "--chains", 2, "--draws", 20, "--json", out)
+    expect(kl.returncode == 0, kl.stderr)
+    expect("not a local minimum" not in kl.stderr, kl.stderr[-500:])
+    diag = json.load(open(out))["diagnostics"]
+    expect(diag["w_star_is_minimum"] is True and diag["grad_norm"] == 0, f"diagnostics {diag}")
+
+
+def test_diagnostics_in_json_and_stderr():
+    out = os.path.join(TMP, "diag2.json")
+    result = llc("estimate", SORT5, "--chains", 3, "--draws", 40, "--json", out)
+    expect(result.returncode == 0, result.stderr)
+    lines = [l for l in result.stderr.split("\n") if "diagnostics:" in l]
+    expect(len(lines) == 1, f"{len(lines)} diagnostics lines on stderr")
+    for word in ("gradient norm at w*", "MALA acceptance", "split-R-hat", "second half", "below init_loss"):
+        expect(word in lines[0], f"the diagnostics line lacks {word!r}: {lines[0]}")
+    diag = json.load(open(out))["diagnostics"]
+    for key in ("grad_norm", "grad_noise", "mala_acceptance_chains", "mala_acceptance_mean", "r_hat",
+                "second_half_slope", "second_half_flat", "chains_below_init_loss"):
+        expect(key in diag, f"diagnostics lack {key}")
+    expect(len(diag["mala_acceptance_chains"]) == 3, "one MALA acceptance per chain expected")
+    expect(all(0 <= a <= 1 for a in diag["mala_acceptance_chains"]), f"{diag['mala_acceptance_chains']}")
+    expect(diag["r_hat"] > 0.5, f"r_hat {diag['r_hat']}")
+
+
+def test_calibrate_outputs():
+    csv_path, svg_path = os.path.join(TMP, "cal.csv"), os.path.join(TMP, "cal.svg")
+    result = llc("calibrate", os.path.join(WEIGHTS, "hist_n5.llcw"), "--loss", "kl", "--lr-grid", "1e-9,1e-8,1e-7",
+                 "--nbeta-grid", "3,9", "--localization", 100, "--draws", 50, "--quiet", "--csv", csv_path,
+                 "--svg", svg_path)
+    expect(result.returncode == 0, result.stderr)
+    rows = open(csv_path).read().strip().split("\n")
+    expect(rows[0].startswith("lr,nbeta,llc_mean") and len(rows) == 1 + 6, f"{len(rows)} CSV lines")
+    expect(sum(r.split(",")[9] == "true" for r in rows[1:]) <= 1, "more than one recommended point")
+    texts = [t.text or "" for t in ET.parse(svg_path).getroot().iter(SVG + "text")]
+    for label in ("lr (SGLD step size)", "llc_mean", "nbeta 3", "nbeta 9"):
+        expect(label in texts, f"calibration plot lacks {label!r}")
+    expect("recommended" in result.stdout, result.stdout[-300:])
+
+
+def test_estimate_lr_auto():
+    # --lr auto runs the calibration that llc calibrate runs with 4 chains of 100 draws (here 2 chains)
+    model = os.path.join(WEIGHTS, "hist_n5.llcw")
+    out = os.path.join(TMP, "auto.json")
+    result = llc("estimate", model, "--lr", "auto", "--loss", "kl", "--localization", 100, "--chains", 2,
+                 "--draws", 30, "--quiet", "--json", out)
+    expect(result.returncode == 0, result.stderr[-300:])
+    settings = json.load(open(out))["settings"]
+    calibrated = llc("calibrate", model, "--loss", "kl", "--localization", 100, "--chains", 2, "--quiet")
+    line = [l for l in calibrated.stdout.split("\n") if l.startswith("recommended")]
+    expect(len(line) == 1, calibrated.stdout[-300:])
+    words = line[0].split()
+    expect(settings["lr_auto"] is True, str(settings))
+    expect(settings["lr"] == float(words[2]), f"--lr auto used {settings['lr']}, llc calibrate recommends {words[2]}")
+    expect(abs(settings["nbeta"] - float(words[4])) < 1e-4 * settings["nbeta"],
+           f"--lr auto used nbeta {settings['nbeta']}, llc calibrate recommends {words[4]}")
+    expect(llc("estimate", SORT5, "--lr", "fast").returncode == 2, "--lr fast was accepted")
+
+
 # Compiled models against the RASP evaluator, through llc's forward pass.
 
 def rasp_outputs(program, max_seq_len, inputs):

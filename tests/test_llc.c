@@ -996,6 +996,144 @@ static void test_default_nbeta(void) {
     CHECK(sgld_default_nbeta(1) == 1.0, "B=1 gives %g", sgld_default_nbeta(1));
 }
 
+/* devinterp's closed-form MALA cases: previous point, drift and potential,
+ * current point, drift and potential, step size -> acceptance. devinterp's
+ * values come from float32 arithmetic, which the float32 build repeats; the
+ * float64 build is checked against the exact values of the same formula
+ * (the third case differs from devinterp's float32 value by 6e-6). */
+static void test_mala_known_values(void) {
+    static const struct {
+        real w0[2], d0[2];
+        double U0;
+        real w1[2], d1[2];
+        double U1, eps, devinterp, exact;
+    } cases[] = {
+        {{0, 0}, {0, 0}, 0, {1.5, 5.5}, {1.5, 5.5}, 16.25, 0.1, 0.6661436, 0.66614361},
+        {{1, 1}, {1, 1}, 1, {1.5, 0.5}, {1.5, 0.5}, 1.25, 0.5, 0.9692332, 0.96923323},
+        {{0, 0}, {0, 0}, 0, {10.5, 5.5}, {10.5, 5.5}, 70.25, 0.1, 0.17268492, 0.17269125},
+        {{0, 0}, {0, 0}, 0, {10.5, 5.5}, {10.5, 5.5}, 70.25, 0.5, 0.00015359, 0.00015359},
+    };
+    size_t k;
+    for (k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        double got = mala_acceptance(cases[k].w0, cases[k].d0, cases[k].U0, cases[k].w1, cases[k].d1, cases[k].U1,
+                                     cases[k].eps, 2);
+        double want = is_double ? cases[k].exact : cases[k].devinterp;
+        CHECK(fabs(got - want) < 1e-6, "case %zu: acceptance %.9f, expected %.9f", k, got, want);
+    }
+}
+
+/* Calibration on the known-answer models: the recommended step size and
+ * nbeta must give an estimate inside devinterp's acceptance band. */
+static const double calibration_lrs[] = {1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2};
+
+static void test_calibration_normal_crossing(void) {
+    static const int powers[][2] = {{0, 1}, {1, 2}, {2, 3}};
+    Polynomial q;
+    size_t k;
+    double nbetas[5], base = 1000.0 / log(1000.0);
+    int j;
+    for (j = 0; j < 5; j++) nbetas[j] = base * pow(10.0, (j - 2) / 2.0);
+    g_quiet = getenv("LLC_TEST_VERBOSE") == NULL;
+    make_normal_crossing_data(&q, 1000, 42);
+    q.d = 2;
+    for (k = 0; k < sizeof powers / sizeof powers[0]; k++) {
+        real w_star[2] = {0, 0};
+        int max_p = powers[k][0] > powers[k][1] ? powers[k][0] : powers[k][1];
+        double lambda = 1.0 / (2.0 * max_p);
+        SgldSettings s = default_settings();
+        Calibration cal;
+        LlcProblem p;
+        LlcResult r;
+        q.powers = powers[k];
+        p = poly_problem(&q, w_star);
+        s.batch = 1000;
+        s.chains = 4;
+        s.draws = 400;
+        CHECK(calibrate(&p, &s, calibration_lrs, 7, nbetas, 5, &cal) == 0, "calibrate failed");
+        CHECK(cal.best >= 0, "powers [%d,%d]: no recommendation: %s", powers[k][0], powers[k][1], cal.explanation);
+        if (g_failed) return;
+        s.lr = cal.lr;
+        s.nbeta = cal.nbeta;
+        s.chains = 10;
+        s.draws = 5000;
+        llc_estimate(&p, &s, &r);
+        CHECK(fabs(r.llc_mean - lambda) <= 3.5 * r.llc_std,
+              "powers [%d,%d]: at lr %g, nbeta %g: llc %.4g +- %.4g, true %.4g", powers[k][0], powers[k][1], cal.lr,
+              cal.nbeta, r.llc_mean, r.llc_std, lambda);
+        if (getenv("LLC_TEST_VERBOSE"))
+            printf("powers [%d,%d]: lr %g nbeta %g llc %.4g +- %.4g (true %.4g)\n%s\n", powers[k][0], powers[k][1],
+                   cal.lr, cal.nbeta, r.llc_mean, r.llc_std, lambda, cal.explanation);
+        llc_result_free(&r);
+        calibration_free(&cal);
+    }
+    free(q.x);
+    free(q.y);
+}
+
+static void test_calibration_deep_linear_network(void) {
+    Dln q;
+    int n_w, i, step, *all, j;
+    real *w, *g;
+    SgldSettings s = default_settings();
+    double nbetas[5], base = 1000.0 / log(1000.0), lambda = 6.5;
+    Calibration cal;
+    LlcProblem p;
+    LlcResult r;
+    Adam adam;
+    Rng rng;
+    void *chain;
+    g_quiet = 1;
+    for (j = 0; j < 5; j++) nbetas[j] = base * pow(10.0, (j - 2) / 2.0);
+    q.m = 5, q.h = 3, q.o = 5, q.n = 1000;
+    n_w = q.h * q.m + q.o * q.h;
+    w = xmalloc((size_t)n_w * sizeof(real), "w");
+    g = xmalloc((size_t)n_w * sizeof(real), "g");
+    rng_seed(&rng, 1);
+    q.x = xmalloc((size_t)q.n * q.m * sizeof(double), "x");
+    q.y = xmalloc((size_t)q.n * q.o * sizeof(double), "y");
+    for (i = 0; i < q.n * q.m; i++) q.x[i] = rng_normal(&rng);
+    for (i = 0; i < q.n * q.o; i++) q.y[i] = rng_normal(&rng);
+    for (i = 0; i < n_w; i++) w[i] = (real)((2 * rng_uniform(&rng) - 1) / sqrt(3.0));
+    p.n_params = (size_t)n_w;
+    p.n_samples = q.n;
+    p.ctx = &q;
+    p.chain_new = dln_chain_new;
+    p.loss_grad = dln_loss_grad;
+    p.chain_free = poly_chain_free;
+    all = xmalloc((size_t)q.n * sizeof(int), "samples");
+    for (i = 0; i < q.n; i++) all[i] = i;
+    chain = p.chain_new(&p, w);
+    adam_init(&adam, (size_t)n_w, 0.01);
+    for (step = 0; step < 5000; step++) {
+        p.loss_grad(chain, all, q.n, g);
+        adam_step(&adam, w, g);
+    }
+    p.chain_free(chain);
+    adam_free(&adam);
+    p.w_star = w;
+
+    s.localization = 1.0;
+    s.batch = 1000;
+    s.chains = 3;
+    s.draws = 400;
+    CHECK(calibrate(&p, &s, calibration_lrs, 7, nbetas, 5, &cal) == 0, "calibrate failed");
+    CHECK(cal.best >= 0, "no recommendation: %s", cal.explanation);
+    if (!g_failed) {
+        s.lr = cal.lr;
+        s.nbeta = cal.nbeta;
+        s.draws = 2000;
+        llc_estimate(&p, &s, &r);
+        CHECK(fabs(r.llc_mean - lambda) <= 0.4 * lambda, "at lr %g, nbeta %g: llc %.4g, true %.4g", cal.lr, cal.nbeta,
+              r.llc_mean, lambda);
+        if (getenv("LLC_TEST_VERBOSE"))
+            printf("dln: lr %g nbeta %g llc %.4g (true %.4g)\n%s\n", cal.lr, cal.nbeta, r.llc_mean, lambda,
+                   cal.explanation);
+        llc_result_free(&r);
+    }
+    calibration_free(&cal);
+    free(q.x), free(q.y), free(w), free(g), free(all);
+}
+
 /* ------------------------------------------------------------------------ */
 /* PCA and the loss landscape                                                */
 
@@ -1225,6 +1363,9 @@ int main(int argc, char **argv) {
     run_test("sgld polynomial blows up", test_sgld_polynomial_blows_up);
     run_test("sgld normal crossing", test_sgld_normal_crossing);
     run_test("sgld deep linear network", test_sgld_deep_linear_network);
+    run_test("mala known values", test_mala_known_values);
+    run_test("calibration normal crossing", test_calibration_normal_crossing);
+    run_test("calibration deep linear network", test_calibration_deep_linear_network);
     run_test("power iteration vs jacobi", test_power_iteration_vs_jacobi);
     run_test("landscape exact quadratic", test_landscape_exact_quadratic);
     return g_n_failed ? 1 : 0;
