@@ -20,6 +20,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <float.h>
 #include <limits.h>
 #include <math.h>
@@ -137,11 +138,21 @@ static Arena arena_measuring(void) {
 
 /* Returns count * size zeroed bytes (NULL when measuring). */
 static void *arena_take(Arena *a, size_t count, size_t size) {
-    size_t start = arena_round_up(a->used), bytes;
-    if (size && count > (SIZE_MAX / 2) / size) die("size overflow laying out an arena");
-    bytes = count * size;
-    if (start > a->size || bytes > a->size - start)
+    size_t start = 0, bytes = 0;
+    int fits = a->used <= SIZE_MAX - ARENA_ALIGN && (!size || count <= (SIZE_MAX / 2) / size);
+    if (fits) {
+        start = arena_round_up(a->used);
+        bytes = count * size;
+        fits = start <= a->size && bytes <= a->size - start;
+    }
+    if (!fits) {
+        /* a measuring arena saturates at SIZE_MAX, a size that arena_init rejects */
+        if (!a->base) {
+            a->used = SIZE_MAX;
+            return NULL;
+        }
         die("internal error: an arena of %zu bytes is too small", a->size);
+    }
     a->used = start + bytes;
     return a->base ? a->base + start : NULL;
 }
@@ -173,23 +184,34 @@ static long long peak_memory_bytes(void) {
 /* Set by SIGINT; long loops finish their current step and stop. */
 static volatile sig_atomic_t g_interrupted = 0;
 
+/* The temporary file of the output being written, or NULL. A second SIGINT
+ * removes it before ending the program, so no stray file is left. */
+static const char *volatile g_tmp_path = NULL;
+
 static void on_sigint(int sig) {
-    (void)sig;
+    if (g_interrupted) {
+        const char *tmp = g_tmp_path;
+        if (tmp) unlink(tmp);
+        signal(sig, SIG_DFL);   /* a second Ctrl-C ends the program at once */
+        raise(sig);
+        return;
+    }
     g_interrupted = 1;
-    signal(SIGINT, SIG_DFL);   /* a second Ctrl-C kills at once */
 }
 
+/* Catches SIGINT unless it is ignored, as shells ignore it for background jobs. */
 static void install_sigint_handler(void) {
-    struct sigaction sa;
+    struct sigaction sa, old;
+    if (sigaction(SIGINT, NULL, &old) == 0 && old.sa_handler == SIG_IGN) return;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_sigint;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
 }
 
-/* An output file written under a temporary name and renamed over the final
- * path on commit, so readers never see a half-written file and a failure
- * leaves the previous file in place. */
+/* An output file written under a temporary name, flushed to disk and renamed
+ * over the final path on commit, so readers never see a half-written file
+ * and a failure or Ctrl-C leaves the previous file in place. */
 typedef struct {
     FILE *f;
     char *path;
@@ -208,20 +230,28 @@ static int atomic_open(AtomicFile *af, const char *path) {
         free(af->tmp_path);
         return -1;
     }
+    g_tmp_path = af->tmp_path;
     return 0;
+}
+
+static void atomic_free(AtomicFile *af) {
+    g_tmp_path = NULL;
+    free(af->path);
+    free(af->tmp_path);
+    af->path = af->tmp_path = NULL;
 }
 
 static void atomic_abort(AtomicFile *af) {
     if (af->f) fclose(af->f);
-    remove(af->tmp_path);
-    free(af->path);
-    free(af->tmp_path);
     af->f = NULL;
+    remove(af->tmp_path);
+    atomic_free(af);
 }
 
 static int atomic_commit(AtomicFile *af) {
     int failed = ferror(af->f) != 0;
     failed |= fflush(af->f) != 0;
+    if (!failed && fsync(fileno(af->f)) != 0 && errno != EINVAL) failed = 1;   /* EINVAL: cannot sync */
     failed |= fclose(af->f) != 0;
     af->f = NULL;
     if (!failed && rename(af->tmp_path, af->path) != 0) failed = 1;
@@ -229,8 +259,7 @@ static int atomic_commit(AtomicFile *af) {
         fprintf(stderr, "%s: cannot write %s: %s\n", g_program, af->path, strerror(errno));
         remove(af->tmp_path);
     }
-    free(af->path);
-    free(af->tmp_path);
+    atomic_free(af);
     return failed ? -1 : 0;
 }
 
@@ -248,6 +277,19 @@ static void json_init(Json *j, FILE *f) {
     j->f = f;
 }
 
+static void json_string_body(FILE *f, const char *s) {
+    fputc('"', f);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
+        else if (c == '\n') fputs("\\n", f);
+        else if (c == '\t') fputs("\\t", f);
+        else if (c < 0x20) fprintf(f, "\\u%04x", c);
+        else fputc(c, f);
+    }
+    fputc('"', f);
+}
+
 static void json_item(Json *j, const char *key) {
     int on_one_line = j->inline_depth && j->depth >= j->inline_depth;
     if (j->has_items[j->depth]) fputc(',', j->f);
@@ -260,10 +302,8 @@ static void json_item(Json *j, const char *key) {
     }
     j->has_items[j->depth] = 1;
     if (key) {
-        const char *s;
-        fputc('"', j->f);
-        for (s = key; *s; s++) fputc(*s, j->f);
-        fputs("\": ", j->f);
+        json_string_body(j->f, key);
+        fputs(": ", j->f);
     }
 }
 
@@ -287,19 +327,6 @@ static void json_object(Json *j, const char *key) { json_open(j, key, '{'); }
 static void json_object_end(Json *j) { json_close(j, '}'); }
 static void json_array(Json *j, const char *key) { json_open(j, key, '['); }
 static void json_array_end(Json *j) { json_close(j, ']'); }
-
-static void json_string_body(FILE *f, const char *s) {
-    fputc('"', f);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
-        else if (c == '\n') fputs("\\n", f);
-        else if (c == '\t') fputs("\\t", f);
-        else if (c < 0x20) fprintf(f, "\\u%04x", c);
-        else fputc(c, f);
-    }
-    fputc('"', f);
-}
 
 static void json_str(Json *j, const char *key, const char *value) {
     json_item(j, key);
@@ -1241,6 +1268,14 @@ static void add_bias_grad(real *pack, real *dbias, const real *dC, int M, int N)
 enum { LLCW_MAX_LAYERS = 1024, LLCW_MAX_HEADS = 1024, LLCW_MAX_DIM = 1 << 24,
        LLCW_MAX_META = 1024 };
 
+/* The maximum number of values (trainable and fixed) in a model: 2^34, or
+ * 64 GiB in float32. A sparse tensor describes any number of zeros in 4
+ * bytes, so this limit, not the file size, bounds the arena that a file can
+ * make llc allocate. The fuzz harness lowers it to stay within its memory
+ * limit. */
+#define LLCW_MAX_VALUES (1ULL << 34)
+static unsigned long long g_max_model_values = LLCW_MAX_VALUES;
+
 /* Per layer, in canonical order: query, key, value, output projection, MLP. */
 enum { T_WQ, T_BQ, T_WK, T_BK, T_WV, T_BV, T_WO, T_BO, T_W1, T_B1, T_W2, T_B2, N_LAYER_TENSORS };
 
@@ -1332,9 +1367,11 @@ static void weights_alloc(const Model *m, Weights *w) {
 }
 
 /* Lays out the tensors of m->cfg with the given trainable flags (canonical
- * order), allocates the zeroed arena and binds m->w. */
-static void model_layout(Model *m, const int *trainable) {
+ * order), allocates the zeroed arena and binds m->w. Returns 0, or -1 when
+ * the arena cannot be allocated. */
+static int model_layout_try(Model *m, const int *trainable) {
     int k;
+    size_t total;
     m->n_tensors = model_tensor_count(m->cfg.n_layers);
     m->tensors = xcalloc((size_t)m->n_tensors, sizeof(TensorInfo), "the tensor table");
     m->n_params = m->n_fixed = 0;
@@ -1347,12 +1384,19 @@ static void model_layout(Model *m, const int *trainable) {
         if (t->trainable) m->n_params += t->numel;
         else m->n_fixed += t->numel;
     }
-    if (m->n_params + m->n_fixed > SIZE_MAX / sizeof(real) / 2)
-        die("a model with %zu parameters does not fit in memory", m->n_params + m->n_fixed);
-    m->params = xcalloc(m->n_params + m->n_fixed, sizeof(real), "the parameters");
+    total = m->n_params + m->n_fixed;
+    if (total > SIZE_MAX / sizeof(real) / 2) return -1;
+    m->params = calloc(total ? total : 1, sizeof(real));
+    if (!m->params) return -1;
     m->fixed = m->params + m->n_params;
     weights_alloc(m, &m->w);
     weights_bind(m, m->params, m->fixed, &m->w);
+    return 0;
+}
+
+static void model_layout(Model *m, const int *trainable) {
+    if (model_layout_try(m, trainable) != 0)
+        die("out of memory allocating the %zu values of a model", m->n_params + m->n_fixed);
 }
 
 void model_free(Model *m) {
@@ -1413,7 +1457,7 @@ size_t model_count_nonzero(const Model *m) {
 typedef struct {
     FILE *f;
     const char *path;
-    uint64_t pos, size;
+    uint64_t pos, size;   /* pos <= size always */
     int failed;
 } Reader;
 
@@ -1429,9 +1473,11 @@ static int reader_fail(Reader *r, const char *fmt, ...) {
     return -1;
 }
 
+static uint64_t reader_left(const Reader *r) { return r->size - r->pos; }
+
 static int read_bytes(Reader *r, void *dst, size_t n, const char *what) {
     if (r->failed) return -1;
-    if (n > r->size - r->pos)
+    if (n > reader_left(r))
         return reader_fail(r, "file ends at byte %llu while reading %s; the file is truncated",
                            (unsigned long long)r->size, what);
     if (n && fread(dst, 1, n, r->f) != n)
@@ -1469,7 +1515,41 @@ static int read_count(Reader *r, int *v, uint32_t lo, uint32_t hi, const char *w
     return 0;
 }
 
-static int read_string(Reader *r, char **out, const char *what) {
+/* Checks that s[0..n) is UTF-8 as RFC 3629 defines it (no overlong forms, no
+ * surrogates, nothing above U+10FFFF) and contains no control character (C0,
+ * DEL or C1), so that printing it cannot drive a terminal. Tab, newline and
+ * carriage return pass when allow_layout is set. */
+static int check_text(Reader *r, const unsigned char *s, size_t n, int allow_layout, const char *what) {
+    size_t i = 0, len, k;
+    while (i < n) {
+        unsigned c = s[i];
+        uint32_t cp;
+        if (c < 0x80) len = 1, cp = c;
+        else if (c >= 0xc2 && c <= 0xdf) len = 2, cp = c & 0x1f;
+        else if (c >= 0xe0 && c <= 0xef) len = 3, cp = c & 0x0f;
+        else if (c >= 0xf0 && c <= 0xf4) len = 4, cp = c & 0x07;
+        else return reader_fail(r, "%s is not valid UTF-8 (byte 0x%02x at offset %zu)", what, c, i);
+        if (len > n - i) return reader_fail(r, "%s is not valid UTF-8 (it ends inside a character)", what);
+        for (k = 1; k < len; k++) {
+            if ((s[i + k] & 0xc0) != 0x80)
+                return reader_fail(r, "%s is not valid UTF-8 (byte 0x%02x at offset %zu)", what,
+                                   (unsigned)s[i + k], i + k);
+            cp = cp << 6 | (s[i + k] & 0x3f);
+        }
+        if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+            (cp >= 0xd800 && cp <= 0xdfff))
+            return reader_fail(r, "%s is not valid UTF-8 (an overlong or out-of-range character at "
+                               "offset %zu)", what, i);
+        if ((cp < 0x20 && !(allow_layout && (cp == '\t' || cp == '\n' || cp == '\r'))) ||
+            (cp >= 0x7f && cp <= 0x9f))
+            return reader_fail(r, "%s contains the control character U+%04lX at offset %zu", what,
+                               (unsigned long)cp, i);
+        i += len;
+    }
+    return 0;
+}
+
+static int read_string(Reader *r, char **out, int allow_layout, const char *what) {
     uint32_t n;
     char *s;
     *out = NULL;
@@ -1477,29 +1557,33 @@ static int read_string(Reader *r, char **out, const char *what) {
     if (n > LLCW_MAX_STRING)
         return reader_fail(r, "%s has length %lu; strings are at most %u bytes", what,
                            (unsigned long)n, LLCW_MAX_STRING);
-    if (n > r->size - r->pos)
+    if (n > reader_left(r))
         return reader_fail(r, "%s of %lu bytes runs past the end of the file", what, (unsigned long)n);
     s = xmalloc((size_t)n + 1, what);
-    if (read_bytes(r, s, n, what)) {
+    if (read_bytes(r, s, n, what) || check_text(r, (const unsigned char *)s, n, allow_layout, what)) {
         free(s);
         return -1;
     }
     s[n] = 0;
-    if (strlen(s) != n) {
-        free(s);
-        return reader_fail(r, "%s contains a NUL byte", what);
-    }
     *out = s;
     return 0;
 }
 
-static int read_strings(Reader *r, char ***out, int n, const char *what) {
+/* Reads n strings. Each takes at least 4 bytes, so n is checked against the
+ * bytes left before the table is allocated: a tiny file cannot make llc
+ * allocate a table for millions of strings. */
+static int read_strings(Reader *r, char ***out, int n, const char *count_name, const char *what) {
     int i;
     char name[80];
+    *out = NULL;
+    if ((uint64_t)n > reader_left(r) / 4)
+        return reader_fail(r, "%s is %d, but only %llu bytes are left, too few for %d strings; "
+                           "the file is truncated or %s is wrong", count_name, n,
+                           (unsigned long long)reader_left(r), n, count_name);
     *out = xcalloc((size_t)n, sizeof(char *), what);
     for (i = 0; i < n; i++) {
         snprintf(name, sizeof name, "%s %d", what, i);
-        if (read_string(r, &(*out)[i], name)) return -1;
+        if (read_string(r, &(*out)[i], 0, name)) return -1;
     }
     return 0;
 }
@@ -1539,7 +1623,8 @@ static float float_from_le(const unsigned char *b) {
     return f;
 }
 
-/* Reads one tensor's data into dst (numel values, zeroed beforehand). */
+/* Reads one tensor's data into dst (numel values, zeroed beforehand). The
+ * directory check has put bytes offset .. offset + n_bytes inside the file. */
 static int read_tensor_data(Reader *r, const DirEntry *e, const TensorInfo *t, real *dst) {
     enum { CHUNK = 1 << 14 };
     unsigned char buf[4 * CHUNK];
@@ -1572,6 +1657,7 @@ static int read_tensor_data(Reader *r, const DirEntry *e, const TensorInfo *t, r
         if (nnz > t->numel)
             return reader_fail(r, "sparse tensor %s has %lu entries but only %zu values", t->name,
                                (unsigned long)nnz, t->numel);
+        /* n_bytes fits in the file, so this also bounds the allocation below */
         if (e->n_bytes != 4 + 8 * (uint64_t)nnz)
             return reader_fail(r, "sparse tensor %s has %llu data bytes; %lu entries need %llu",
                                t->name, (unsigned long long)e->n_bytes, (unsigned long)nnz,
@@ -1581,56 +1667,57 @@ static int read_tensor_data(Reader *r, const DirEntry *e, const TensorInfo *t, r
             unsigned char b[4];
             if (read_bytes(r, b, 4, t->name)) { free(idx); return -1; }
             idx[i] = le32(b);
-            if (idx[i] >= t->numel || (i > 0 && idx[i] <= prev)) {
+            if (idx[i] >= t->numel) {
                 free(idx);
-                return reader_fail(r, "sparse tensor %s: index %lu at entry %zu is out of range or "
-                                   "not increasing", t->name, (unsigned long)le32(b), i);
+                return reader_fail(r, "sparse tensor %s: index %lu at entry %zu is past the end of its "
+                                   "%zu values", t->name, (unsigned long)le32(b), i, t->numel);
+            }
+            if (i > 0 && idx[i] <= prev) {
+                free(idx);
+                return reader_fail(r, "sparse tensor %s: index %lu at entry %zu follows index %lu; "
+                                   "indices must increase", t->name, (unsigned long)le32(b), i,
+                                   (unsigned long)prev);
             }
             prev = idx[i];
         }
         for (i = 0; i < nnz; i++) {
             unsigned char b[4];
+            unsigned long at = idx[i];
             float v;
             if (read_bytes(r, b, 4, t->name)) { free(idx); return -1; }
             v = float_from_le(b);
             if (!isfinite(v)) {
                 free(idx);
-                return reader_fail(r, "tensor %s has a non-finite value at index %lu", t->name,
-                                   (unsigned long)idx[i]);
+                return reader_fail(r, "tensor %s has a non-finite value (%g) at index %lu", t->name,
+                                   (double)v, at);
             }
-            dst[idx[i]] = (real)v;
+            dst[at] = (real)v;
         }
         free(idx);
     }
     return 0;
 }
 
-/* Reads and checks a weight file; with header_only set, stops before the
- * values and stores only the configuration and the parameter counts. */
-static int model_read(Model *m, const char *path, int header_only) {
+/* Reads an LLCW model of size bytes from f, positioned at its first byte;
+ * with header_only set, stops before the values and stores only the
+ * configuration and the parameter counts. path names the file in messages.
+ * Returns 0, or -1 after printing one line naming the file and the problem;
+ * m is then empty. */
+static int model_read_stream(Model *m, FILE *f, uint64_t size, const char *path, int header_only) {
     Reader r;
-    struct stat st;
     char magic[4];
     uint32_t version, flags, kind;
     int n_output_dims, n_labels, n_tensors, n_meta, i, dup;
     int *trainable = NULL;
     DirEntry *dir = NULL;
     ModelConfig *c = &m->cfg;
+    uint64_t n_values = 0;
 
     memset(m, 0, sizeof *m);
     memset(&r, 0, sizeof r);
+    r.f = f;
     r.path = path;
-    r.f = fopen(path, "rb");
-    if (!r.f) {
-        fprintf(stderr, "%s: cannot open %s: %s\n", g_program, path, strerror(errno));
-        return -1;
-    }
-    if (fstat(fileno(r.f), &st) != 0 || !S_ISREG(st.st_mode)) {
-        fprintf(stderr, "%s: %s is not a regular file\n", g_program, path);
-        fclose(r.f);
-        return -1;
-    }
-    r.size = (uint64_t)st.st_size;
+    r.size = size;
 
     /* Fixed header. */
     if (read_bytes(&r, magic, 4, "the magic number")) goto fail;
@@ -1660,6 +1747,10 @@ static int model_read(Model *m, const char *path, int header_only) {
     if (read_count(&r, &c->n_vocab, 2, LLCW_MAX_DIM, "n_vocab")) goto fail;
     if (read_count(&r, &c->bos_id, 0, (uint32_t)c->n_vocab - 1, "bos_id")) goto fail;
     if (read_count(&r, &c->pad_id, 0, (uint32_t)c->n_vocab - 1, "pad_id")) goto fail;
+    if (c->n_vocab == 2 && c->bos_id != c->pad_id) {
+        reader_fail(&r, "the vocabulary contains only BOS and PAD; a model needs at least one input token");
+        goto fail;
+    }
     if (read_u32(&r, &kind, "output_kind")) goto fail;
     if (kind > 1) {
         reader_fail(&r, "output_kind is %lu; it must be 0 (categorical) or 1 (numerical)",
@@ -1698,25 +1789,36 @@ static int model_read(Model *m, const char *path, int header_only) {
     }
 
     /* Strings and output dims. */
-    if (read_strings(&r, &m->vocab, c->n_vocab, "vocab entry")) goto fail;
+    if (read_strings(&r, &m->vocab, c->n_vocab, "n_vocab", "vocab entry")) goto fail;
     if ((dup = find_duplicate(m->vocab, c->n_vocab)) >= 0) {
         reader_fail(&r, "vocab entry %d (\"%s\") appears twice", dup, m->vocab[dup]);
         goto fail;
     }
-    if (read_strings(&r, &m->output_values, c->n_outputs, "output value")) goto fail;
+    if (read_strings(&r, &m->output_values, c->n_outputs, "n_outputs", "output value")) goto fail;
+    if ((dup = find_duplicate(m->output_values, c->n_outputs)) >= 0) {
+        reader_fail(&r, "output value %d (\"%s\") appears twice", dup, m->output_values[dup]);
+        goto fail;
+    }
     if (n_output_dims) {
+        if ((uint64_t)n_output_dims * 4 > reader_left(&r)) {
+            reader_fail(&r, "file ends at byte %llu while reading the output dims; the file is truncated",
+                        (unsigned long long)r.size);
+            goto fail;
+        }
         m->output_dims = xcalloc((size_t)n_output_dims, sizeof(int), "output dims");
         for (i = 0; i < n_output_dims; i++)
             if (read_count(&r, &m->output_dims[i], 0, (uint32_t)c->d_model - 1, "an output dim"))
                 goto fail;
     }
-    if (n_labels && read_strings(&r, &m->residual_labels, n_labels, "residual label")) goto fail;
+    if (n_labels && read_strings(&r, &m->residual_labels, n_labels, "n_residual_labels",
+                                 "residual label"))
+        goto fail;
     m->meta_keys = xcalloc((size_t)n_meta, sizeof(char *), "metadata");
     m->meta_values = xcalloc((size_t)n_meta, sizeof(char *), "metadata");
     m->n_meta = n_meta;
     for (i = 0; i < n_meta; i++) {
-        if (read_string(&r, &m->meta_keys[i], "a metadata key")) goto fail;
-        if (read_string(&r, &m->meta_values[i], "a metadata value")) goto fail;
+        if (read_string(&r, &m->meta_keys[i], 0, "a metadata key")) goto fail;
+        if (read_string(&r, &m->meta_values[i], 1, "a metadata value")) goto fail;
     }
 
     /* Tensor directory: every canonical tensor exactly once, with its shape. */
@@ -1725,10 +1827,10 @@ static int model_read(Model *m, const char *path, int header_only) {
     for (i = 0; i < n_tensors; i++) dir[i].index = -1;
     for (i = 0; i < n_tensors; i++) {
         char *name = NULL, expect[64];
-        int ndim, k, rows = 1, cols = 1, d0 = 0, d1 = 0;
-        uint32_t flag, enc = 0;
+        int k, rows = 1, cols = 1;
+        uint32_t ndim, dims[2] = {0, 0}, flag, enc = 0;
         DirEntry e;
-        if (read_string(&r, &name, "a tensor name")) goto fail;
+        if (read_string(&r, &name, 0, "a tensor name")) goto fail;
         k = model_tensor_index(c, name);
         if (k < 0) {
             reader_fail(&r, "unexpected tensor \"%s\" (see llc.h for the tensor names)", name);
@@ -1742,22 +1844,33 @@ static int model_read(Model *m, const char *path, int header_only) {
         }
         free(name);
         model_tensor_shape(c, k, expect, sizeof expect, &rows, &cols);
-        if (read_count(&r, &ndim, 1, 2, "a tensor's ndim")) goto fail;
-        if (read_count(&r, &d0, 0, UINT32_MAX >> 1, "a tensor dim")) goto fail;
-        if (ndim == 2 && read_count(&r, &d1, 0, UINT32_MAX >> 1, "a tensor dim")) goto fail;
-        if (ndim == 1 ? (rows != 1 || d0 != cols) : (d0 != rows || d1 != cols)) {
+        if (read_u32(&r, &ndim, "a tensor's ndim")) goto fail;
+        if (ndim != 1 && ndim != 2) {
+            reader_fail(&r, "tensor %s has %lu dimensions; it must have 1 or 2", expect,
+                        (unsigned long)ndim);
+            goto fail;
+        }
+        if (read_u32(&r, &dims[0], "a tensor's shape")) goto fail;
+        if (ndim == 2 && read_u32(&r, &dims[1], "a tensor's shape")) goto fail;
+        if (ndim == 1 ? (rows != 1 || dims[0] != (uint32_t)cols)
+                      : (dims[0] != (uint32_t)rows || dims[1] != (uint32_t)cols)) {
+            char got[48];
+            if (ndim == 1) snprintf(got, sizeof got, "[%lu]", (unsigned long)dims[0]);
+            else snprintf(got, sizeof got, "[%lu, %lu]", (unsigned long)dims[0], (unsigned long)dims[1]);
             if (rows == 1)
-                reader_fail(&r, "tensor %s has the wrong shape; the config needs [%d]", expect, cols);
+                reader_fail(&r, "tensor %s has shape %s; the config needs [%d]", expect, got, cols);
             else
-                reader_fail(&r, "tensor %s has the wrong shape; the config needs [%d, %d]", expect,
+                reader_fail(&r, "tensor %s has shape %s; the config needs [%d, %d]", expect, got,
                             rows, cols);
             goto fail;
         }
+        /* rows and cols are at most 2^24 + 1, so the product fits in 64 bits */
         if ((uint64_t)rows * (uint64_t)cols > UINT32_MAX) {
             reader_fail(&r, "tensor %s has %llu values; the format allows %lu", expect,
                         (unsigned long long)rows * (unsigned long long)cols, (unsigned long)UINT32_MAX);
             goto fail;
         }
+        n_values += (uint64_t)rows * (uint64_t)cols;
         if (read_u32(&r, &flag, "a trainable flag")) goto fail;
         if (flag > 1) {
             reader_fail(&r, "tensor %s has trainable flag %lu; it must be 0 or 1", expect,
@@ -1779,25 +1892,35 @@ static int model_read(Model *m, const char *path, int header_only) {
         trainable[k] = e.trainable;
     }
     for (i = 0; i < n_tensors; i++) {
+        char name[64];
+        int rows, cols;
         if (dir[i].index < 0) {
-            char name[64];
-            int rows, cols;
             model_tensor_shape(c, i, name, sizeof name, &rows, &cols);
             reader_fail(&r, "tensor %s is missing", name);
             goto fail;
         }
-        if (dir[i].offset < r.pos || dir[i].offset > r.size || dir[i].n_bytes > r.size - dir[i].offset) {
-            char name[64];
-            int rows, cols;
-            model_tensor_shape(c, i, name, sizeof name, &rows, &cols);
-            reader_fail(&r, "the data of tensor %s (bytes %llu..%llu) lies outside the data section "
-                        "(bytes %llu..%llu)", name, (unsigned long long)dir[i].offset,
-                        (unsigned long long)(dir[i].offset + dir[i].n_bytes),
-                        (unsigned long long)r.pos, (unsigned long long)r.size);
+        model_tensor_shape(c, i, name, sizeof name, &rows, &cols);
+        if (dir[i].offset > r.size || dir[i].n_bytes > r.size - dir[i].offset) {
+            reader_fail(&r, "the data of tensor %s (%llu bytes at byte %llu) runs past the end of the "
+                        "file (%llu bytes)", name, (unsigned long long)dir[i].n_bytes,
+                        (unsigned long long)dir[i].offset, (unsigned long long)r.size);
+            goto fail;
+        }
+        if (dir[i].offset < r.pos) {
+            reader_fail(&r, "the data of tensor %s starts at byte %llu, inside the header (which ends "
+                        "at byte %llu)", name, (unsigned long long)dir[i].offset,
+                        (unsigned long long)r.pos);
             goto fail;
         }
     }
 
+    /* Values. The arena is checked against the limit before it is allocated. */
+    if (n_values > g_max_model_values || n_values > SIZE_MAX / sizeof(real) / 2) {
+        reader_fail(&r, "the tensors contain %llu values (%.3g GB as %s); llc loads at most %llu",
+                    (unsigned long long)n_values, (double)n_values * sizeof(real) / 1e9, LLC_REAL_NAME,
+                    g_max_model_values);
+        goto fail;
+    }
     if (header_only) {
         m->n_params = m->n_fixed = 0;
         for (i = 0; i < n_tensors; i++) {
@@ -1809,12 +1932,13 @@ static int model_read(Model *m, const char *path, int header_only) {
         }
         free(dir);
         free(trainable);
-        fclose(r.f);
         return 0;
     }
-
-    /* Values. */
-    model_layout(m, trainable);
+    if (model_layout_try(m, trainable) != 0) {
+        reader_fail(&r, "cannot allocate %.3g GB for the %llu values of the model",
+                    (double)n_values * sizeof(real) / 1e9, (unsigned long long)n_values);
+        goto fail;
+    }
     for (i = 0; i < n_tensors; i++) {
         const TensorInfo *t = &m->tensors[i];
         if (read_tensor_data(&r, &dir[i], t, (t->trainable ? m->params : m->fixed) + t->offset))
@@ -1822,15 +1946,42 @@ static int model_read(Model *m, const char *path, int header_only) {
     }
     free(dir);
     free(trainable);
-    fclose(r.f);
     return 0;
 
 fail:
     free(dir);
     free(trainable);
-    fclose(r.f);
     model_free(m);
     return -1;
+}
+
+/* Opens path and reads it with model_read_stream. */
+static int model_read(Model *m, const char *path, int header_only) {
+    struct stat st;
+    FILE *f;
+    int fd, rc;
+
+    memset(m, 0, sizeof *m);
+    /* O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer */
+    fd = open(path, O_RDONLY | O_NONBLOCK);
+    if (fd < 0) {
+        fprintf(stderr, "%s: cannot open %s: %s\n", g_program, path, strerror(errno));
+        return -1;
+    }
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        fprintf(stderr, "%s: %s is not a regular file\n", g_program, path);
+        close(fd);
+        return -1;
+    }
+    f = fdopen(fd, "rb");
+    if (!f) {
+        fprintf(stderr, "%s: cannot read %s: %s\n", g_program, path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    rc = model_read_stream(m, f, (uint64_t)st.st_size, path, header_only);
+    fclose(f);
+    return rc;
 }
 
 int model_load(Model *m, const char *path) { return model_read(m, path, 0); }
@@ -1999,34 +2150,43 @@ struct Workspace {
     Arena owned;    /* the arena of a workspace_new() workspace; empty inside a chain's arena */
 };
 
+/* Saturating size arithmetic: SIZE_MAX stands for any size that overflows,
+ * and no allocation of it can succeed. */
+static size_t size_mul(size_t a, size_t b) { return b && a > SIZE_MAX / b ? SIZE_MAX : a * b; }
+
 /* Points ws's buffers into the arena (or only measures them). */
 static void workspace_layout(Workspace *ws, Arena *a, const ModelConfig *c, int max_seqs) {
     size_t R, L = (size_t)c->n_layers, D = (size_t)c->d_model;
     size_t HK = (size_t)c->n_heads * (size_t)c->d_head, M = (size_t)c->d_mlp, T;
     memset(ws, 0, sizeof *ws);
+    /* row indices are ints */
+    if ((size_t)max_seqs * ((size_t)c->max_seq_len + 1) > INT_MAX)
+        die("a batch of %d sequences of %d positions has more than %d rows; use a smaller batch",
+            max_seqs, c->max_seq_len + 1, INT_MAX);
     ws->max_seqs = max_seqs;
     ws->max_T = c->max_seq_len + 1;
     ws->max_rows = max_seqs * ws->max_T;
     R = (size_t)ws->max_rows;
     T = (size_t)ws->max_T;
-    ws->att_per_layer = (size_t)max_seqs * (size_t)c->n_heads * T * T;
-    ws->x_in = arena_take(a, L * R * D, sizeof(real));
-    ws->q = arena_take(a, L * R * HK, sizeof(real));
-    ws->k = arena_take(a, L * R * HK, sizeof(real));
-    ws->v = arena_take(a, L * R * HK, sizeof(real));
-    ws->att = arena_take(a, L * ws->att_per_layer, sizeof(real));
-    ws->z = arena_take(a, L * R * HK, sizeof(real));
-    ws->x_mid = arena_take(a, L * R * D, sizeof(real));
-    ws->hid = arena_take(a, L * R * M, sizeof(real));
-    ws->x_out = arena_take(a, R * D, sizeof(real));
-    ws->y = arena_take(a, R * (size_t)c->n_outputs, sizeof(real));
-    ws->dx = arena_take(a, R * D, sizeof(real));
-    ws->dq = arena_take(a, R * HK, sizeof(real));
-    ws->dk = arena_take(a, R * HK, sizeof(real));
-    ws->dv = arena_take(a, R * HK, sizeof(real));
-    ws->dz = arena_take(a, R * HK, sizeof(real));
-    ws->dhid = arena_take(a, R * M, sizeof(real));
-    ws->datt = arena_take(a, T * T, sizeof(real));
+    /* attention alone is max_seqs * heads * T^2 per layer, which overflows for absurd models */
+    ws->att_per_layer = size_mul(size_mul((size_t)max_seqs, (size_t)c->n_heads), size_mul(T, T));
+    ws->x_in = arena_take(a, size_mul(L, size_mul(R, D)), sizeof(real));
+    ws->q = arena_take(a, size_mul(L, size_mul(R, HK)), sizeof(real));
+    ws->k = arena_take(a, size_mul(L, size_mul(R, HK)), sizeof(real));
+    ws->v = arena_take(a, size_mul(L, size_mul(R, HK)), sizeof(real));
+    ws->att = arena_take(a, size_mul(L, ws->att_per_layer), sizeof(real));
+    ws->z = arena_take(a, size_mul(L, size_mul(R, HK)), sizeof(real));
+    ws->x_mid = arena_take(a, size_mul(L, size_mul(R, D)), sizeof(real));
+    ws->hid = arena_take(a, size_mul(L, size_mul(R, M)), sizeof(real));
+    ws->x_out = arena_take(a, size_mul(R, D), sizeof(real));
+    ws->y = arena_take(a, size_mul(R, (size_t)c->n_outputs), sizeof(real));
+    ws->dx = arena_take(a, size_mul(R, D), sizeof(real));
+    ws->dq = arena_take(a, size_mul(R, HK), sizeof(real));
+    ws->dk = arena_take(a, size_mul(R, HK), sizeof(real));
+    ws->dv = arena_take(a, size_mul(R, HK), sizeof(real));
+    ws->dz = arena_take(a, size_mul(R, HK), sizeof(real));
+    ws->dhid = arena_take(a, size_mul(R, M), sizeof(real));
+    ws->datt = arena_take(a, size_mul(T, T), sizeof(real));
     ws->pack = arena_take(a, MM_PACK_REALS, sizeof(real));
 }
 
@@ -2160,8 +2320,8 @@ static void attention_backward(real *dq, real *dk, real *dv, real *datt, const r
 }
 
 const real *model_forward(const ModelConfig *c, const Weights *w, Workspace *ws, const Batch *b) {
-    int R = b->n_rows, D = c->d_model, HK = c->n_heads * c->d_head, M = c->d_mlp, l, i;
-    size_t stride_d = (size_t)ws->max_rows * D, stride_hk = (size_t)ws->max_rows * HK;
+    int R = b->n_rows, D = c->d_model, HK = c->n_heads * c->d_head, M = c->d_mlp, l;
+    size_t i, stride_d = (size_t)ws->max_rows * D, stride_hk = (size_t)ws->max_rows * HK;
     size_t stride_m = (size_t)ws->max_rows * M;
     if (b->n_seqs > ws->max_seqs || R > ws->max_rows) die("internal error: batch exceeds the workspace");
     ws->batch = *b;
@@ -2191,7 +2351,7 @@ const real *model_forward(const ModelConfig *c, const Weights *w, Workspace *ws,
         /* MLP: x_next = x_mid + relu(x_mid W1 + b1) W2 + b2 */
         matmul_nn(ws->pack, hid, x_mid, lw->w1, R, D, M, 0);
         add_bias(ws->pack, hid, lw->b1, R, M);
-        for (i = 0; i < R * M; i++) hid[i] = hid[i] > 0 ? hid[i] : 0;
+        for (i = 0; i < (size_t)R * M; i++) hid[i] = hid[i] > 0 ? hid[i] : 0;
         memcpy(x_next, x_mid, (size_t)R * D * sizeof(real));
         matmul_nn(ws->pack, x_next, hid, lw->w2, R, M, D, 1);
         add_bias(ws->pack, x_next, lw->b2, R, D);
@@ -2214,7 +2374,8 @@ void model_backward(const ModelConfig *c, const Weights *w, const Weights *g, Wo
     size_t stride_d = (size_t)ws->max_rows * D, stride_hk = (size_t)ws->max_rows * HK;
     size_t stride_m = (size_t)ws->max_rows * M;
     real *dx = ws->dx;
-    int l, i;
+    size_t i;
+    int l;
 
     /* y = x_out U + ub */
     matmul_tn(ws->pack, g->unembed_w, ws->x_out, dy, D, R, O, 1);
@@ -2232,7 +2393,7 @@ void model_backward(const ModelConfig *c, const Weights *w, const Weights *g, Wo
         matmul_tn(ws->pack, lg->w2, hid, dx, M, R, D, 1);
         add_bias_grad(ws->pack, lg->b2, dx, R, D);
         matmul_nt(ws->pack, ws->dhid, dx, lw->w2, R, D, M, 0);
-        for (i = 0; i < R * M; i++)
+        for (i = 0; i < (size_t)R * M; i++)
             if (hid[i] <= 0) ws->dhid[i] = 0;
         matmul_tn(ws->pack, lg->w1, x_mid, ws->dhid, D, R, M, 1);
         add_bias_grad(ws->pack, lg->b1, ws->dhid, R, M);
@@ -2279,6 +2440,10 @@ typedef struct {
 
 static void dataset_alloc(Dataset *d, int n, const ModelConfig *c) {
     size_t rows = (size_t)n * (size_t)(c->max_seq_len + 1);
+    /* batches index dataset rows with ints */
+    if (rows > INT_MAX)
+        die("%d sequences of %d positions are more than %d rows; use fewer samples", n,
+            c->max_seq_len + 1, INT_MAX);
     memset(d, 0, sizeof *d);
     d->n = n;
     d->stride = c->max_seq_len + 1;
@@ -2350,28 +2515,51 @@ static int output_lookup(const Model *m, const char *value) {
     return -1;
 }
 
+/* Reads one line without its newline into buf (size bytes). Returns its
+ * length, -1 at the end of the file, -2 for a line that does not fit, -3
+ * for a NUL byte and -4 for a read error. */
+static long read_line(FILE *f, char *buf, size_t size) {
+    size_t n = 0;
+    int ch;
+    while ((ch = getc(f)) != EOF && ch != '\n') {
+        if (ch == 0) return -3;
+        if (n + 1 >= size) return -2;
+        buf[n++] = (char)ch;
+    }
+    if (ch == EOF && ferror(f)) return -4;
+    if (ch == EOF && n == 0) return -1;
+    buf[n] = 0;
+    return (long)n;
+}
+
 /* Reads inputs from a text file: one sequence per line, tokens separated by
  * spaces, BOS not written; optionally "|" and one label per token (an output
  * value, or a number for a numerical output). Blank lines and lines starting
- * with # are skipped. Returns 0, or -1 after printing the line at fault. */
-static int dataset_read(Dataset *d, const Model *m, const char *path) {
+ * with # are skipped. path names the file in messages. Returns 0, or -1
+ * after printing the line at fault. */
+static int dataset_parse(Dataset *d, const Model *m, FILE *f, const char *path) {
     const ModelConfig *c = &m->cfg;
-    FILE *f = fopen(path, "r");
     char line[1 << 16];
     int capacity = 64, n = 0, lineno = 0, with_labels = -1;
+    long len;
     Dataset tmp;
-    if (!f) {
-        fprintf(stderr, "%s: cannot open inputs file %s: %s\n", g_program, path, strerror(errno));
-        return -1;
-    }
     dataset_alloc(&tmp, capacity, c);
-    while (fgets(line, sizeof line, f)) {
+    while ((len = read_line(f, line, sizeof line)) != -1) {
         char *bar, *tok, *save = NULL;
         int t = 1, k, labelled;
         lineno++;
-        if (!strchr(line, '\n') && !feof(f)) {
+        if (len == -2) {
             fprintf(stderr, "%s: %s:%d: line is longer than %zu bytes\n", g_program, path, lineno,
                     sizeof line - 1);
+            goto fail;
+        }
+        if (len == -3) {
+            fprintf(stderr, "%s: %s:%d: line contains a NUL byte; inputs are text\n", g_program, path,
+                    lineno);
+            goto fail;
+        }
+        if (len == -4) {
+            fprintf(stderr, "%s: cannot read inputs file %s: %s\n", g_program, path, strerror(errno));
             goto fail;
         }
         for (tok = line; isspace((unsigned char)*tok); tok++) {}
@@ -2379,6 +2567,11 @@ static int dataset_read(Dataset *d, const Model *m, const char *path) {
         if (n == capacity) {
             Dataset bigger;
             size_t old_rows = (size_t)capacity * tmp.stride, O = (size_t)c->n_outputs;
+            if (capacity > INT_MAX / 2) {
+                fprintf(stderr, "%s: %s:%d: more than %d input sequences\n", g_program, path, lineno,
+                        capacity);
+                goto fail;
+            }
             dataset_alloc(&bigger, capacity * 2, c);
             memcpy(bigger.len, tmp.len, (size_t)capacity * sizeof(int));
             memcpy(bigger.ids, tmp.ids, old_rows * sizeof(int));
@@ -2435,9 +2628,9 @@ static int dataset_read(Dataset *d, const Model *m, const char *path) {
                 } else {
                     char *end;
                     double v = strtod(tok, &end);
-                    if (*end || !isfinite(v)) {
-                        fprintf(stderr, "%s: %s:%d: label \"%s\" is not a finite number\n", g_program,
-                                path, lineno, tok);
+                    if (*end || !isfinite(v) || !isfinite((double)(real)v)) {
+                        fprintf(stderr, "%s: %s:%d: label \"%s\" is not a finite %s number\n", g_program,
+                                path, lineno, tok, LLC_REAL_NAME);
                         goto fail;
                     }
                     tmp.target[row] = (real)v;
@@ -2452,7 +2645,6 @@ static int dataset_read(Dataset *d, const Model *m, const char *path) {
         }
         n++;
     }
-    fclose(f);
     if (n == 0) {
         fprintf(stderr, "%s: inputs file %s has no sequences\n", g_program, path);
         dataset_free(&tmp);
@@ -2463,9 +2655,20 @@ static int dataset_read(Dataset *d, const Model *m, const char *path) {
     *d = tmp;
     return 0;
 fail:
-    fclose(f);
     dataset_free(&tmp);
     return -1;
+}
+
+static int dataset_read(Dataset *d, const Model *m, const char *path) {
+    FILE *f = fopen(path, "r");
+    int rc;
+    if (!f) {
+        fprintf(stderr, "%s: cannot open inputs file %s: %s\n", g_program, path, strerror(errno));
+        return -1;
+    }
+    rc = dataset_parse(d, m, f, path);
+    fclose(f);
+    return rc;
 }
 
 /* Gathers sequences into a batch; row_src[r] is the dataset row of batch row r. */
@@ -2629,6 +2832,12 @@ double sgld_default_nbeta(int batch) {
     return batch > 1 ? (double)batch / log((double)batch) : 1.0;
 }
 
+/* Steps of one chain: burn-in, then draws * every. Step numbers are ints, so
+ * llc_estimate accepts at most INT_MAX. */
+static long long sgld_steps_per_chain(const SgldSettings *s) {
+    return (long long)s->draws * s->every + s->burnin;
+}
+
 static int cpu_count(void) {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n > 0 ? (int)n : 1;
@@ -2639,7 +2848,7 @@ typedef struct {
     const SgldSettings *s;
     LlcResult *r;
     int next_chain;
-    long steps_done, steps_total;
+    long long steps_done, steps_total;
     unsigned long long n_updates, n_unchanged;
     unsigned long long n_updates_nonzero, n_unchanged_nonzero;   /* of parameters non-zero at w* */
     double t_start, t_last_report;
@@ -2673,7 +2882,7 @@ static void job_report(EstimateJob *job, long steps) {
     if (now - job->t_last_report >= 2.0) {
         double elapsed = now - job->t_start, share = (double)job->steps_done / job->steps_total;
         job->t_last_report = now;
-        progress("SGLD %ld/%ld steps (%.0f%%), %.1f s elapsed, about %.0f s left", job->steps_done,
+        progress("SGLD %lld/%lld steps (%.0f%%), %.1f s elapsed, about %.0f s left", job->steps_done,
                  job->steps_total, 100.0 * share, elapsed, share > 0 ? elapsed / share - elapsed : 0.0);
     }
     job_unlock(job);
@@ -2988,11 +3197,12 @@ static void trace_diagnostics(LlcResult *r) {
 int llc_estimate(const LlcProblem *p, const SgldSettings *s, LlcResult *r) {
     EstimateJob job;
     int c, n_threads, n_ok = 0;
+    size_t k;
     double sum = 0.0, sq = 0.0;
 
     memset(r, 0, sizeof *r);
     if (s->chains < 1 || s->draws < 1 || s->every < 1 || s->burnin < 0 || s->batch < 1 ||
-        p->n_samples < 1 || !(s->lr > 0))
+        p->n_samples < 1 || !(s->lr > 0) || sgld_steps_per_chain(s) > INT_MAX)
         return -1;
     r->chains = s->chains;
     r->draws = s->draws;
@@ -3002,14 +3212,14 @@ int llc_estimate(const LlcProblem *p, const SgldSettings *s, LlcResult *r) {
     r->diverged_step = xmalloc((size_t)s->chains * sizeof(int), "the chain results");
     r->diverged_draw = xmalloc((size_t)s->chains * sizeof(int), "the chain results");
     r->draws_done = xcalloc((size_t)s->chains, sizeof(int), "the chain results");
-    for (c = 0; c < s->chains * s->draws; c++) r->loss_trace[c] = NAN;
+    for (k = 0; k < (size_t)s->chains * s->draws; k++) r->loss_trace[k] = NAN;
     for (c = 0; c < s->chains; c++) r->diverged_step[c] = r->diverged_draw[c] = -1;
 
     memset(&job, 0, sizeof job);
     job.p = p;
     job.s = s;
     job.r = r;
-    job.steps_total = (long)s->chains * ((long)s->draws * s->every + s->burnin);
+    job.steps_total = (long long)s->chains * sgld_steps_per_chain(s);
     job.t_start = job.t_last_report = now_seconds();
     r->mala_chain = xmalloc((size_t)s->chains * sizeof(double), "the chain results");
     for (c = 0; c < s->chains; c++) r->mala_chain[c] = NAN;
@@ -4289,12 +4499,14 @@ typedef struct {
     const char *name;      /* "--lr" */
     OptionKind kind;
     void *dest;            /* int (flags too), double, const char *, or uint64_t */
-    double min, max;       /* valid range of a number, inclusive */
-    int min_exclusive;     /* the number must be greater than min */
+    double min, max;       /* valid range of a number, inclusive unless `open` says otherwise */
+    int open;              /* OPEN_MIN: the number must be > min; OPEN_MAX: < max; or both */
     const char *metavar;
     const char *help;
     const char *choices;   /* "a|b|c": the allowed strings */
 } Option;
+
+enum { OPEN_MIN = 1, OPEN_MAX = 2 };
 
 typedef struct {
     const char *name;
@@ -4344,19 +4556,27 @@ static void usage_error(const Command *cmd, const char *fmt, ...) {
     exit(2);
 }
 
+/* Writes the valid range of o, e.g. "a number in (0, 1)" or "an integer >= 1";
+ * integers are written out in full, not as 1e+08. */
 static void describe_range(char *out, size_t n, const Option *o) {
     const char *what = o->kind == OPT_REAL ? "a number" : "an integer";
+    const char *fmt = o->kind == OPT_REAL ? "%g" : "%.0f";
+    char lo[40], hi[40];
+    snprintf(lo, sizeof lo, fmt, o->min);
+    snprintf(hi, sizeof hi, fmt, o->max);
     if (isinf(o->max))
-        snprintf(out, n, "%s %s %g", what, o->min_exclusive ? ">" : ">=", o->min);
+        snprintf(out, n, "%s %s %s", what, o->open & OPEN_MIN ? ">" : ">=", lo);
     else
-        snprintf(out, n, "%s in %s%g, %g]", what, o->min_exclusive ? "(" : "[", o->min, o->max);
+        snprintf(out, n, "%s in %s%s, %s%s", what, o->open & OPEN_MIN ? "(" : "[", lo, hi,
+                 o->open & OPEN_MAX ? ")" : "]");
 }
 
 static void parse_option_value(const Command *cmd, const Option *o, const char *value) {
-    char *end = NULL, range[96];
+    char *end = NULL, range[128];
     describe_range(range, sizeof range, o);
     errno = 0;
     if (o->kind == OPT_STRING) {
+        if (!*value) usage_error(cmd, "option %s needs a value (%s)", o->name, o->metavar);
         if (o->choices) {
             const char *c = o->choices;
             size_t len = strlen(value);
@@ -4381,7 +4601,8 @@ static void parse_option_value(const Command *cmd, const Option *o, const char *
             usage_error(cmd, "%s must be %s, got \"%s\"", o->name, range, value);
         if (o->kind == OPT_INT && (v != floor(v)))
             usage_error(cmd, "%s must be %s, got \"%s\"", o->name, range, value);
-        if (v < o->min || v > o->max || (o->min_exclusive && v <= o->min))
+        if (v < o->min || v > o->max || ((o->open & OPEN_MIN) && v <= o->min) ||
+            ((o->open & OPEN_MAX) && v >= o->max))
             usage_error(cmd, "%s must be %s, got \"%s\"", o->name, range, value);
         if (o->kind == OPT_INT) *(int *)o->dest = (int)v;
         else *(double *)o->dest = v;
@@ -4413,7 +4634,9 @@ static int parse_args(const Command *cmd, const Option *opts, int argc, char **a
             } else if (eq) {
                 parse_option_value(cmd, o, eq + 1);
             } else {
-                if (i + 1 >= argc) usage_error(cmd, "option %s needs a value (%s)", o->name, o->metavar);
+                /* "--json --quiet" lacks the value; "--json=--odd-name" gives one that starts with -- */
+                if (i + 1 >= argc || (argv[i + 1][0] == '-' && argv[i + 1][1] == '-'))
+                    usage_error(cmd, "option %s needs a value (%s)", o->name, o->metavar);
                 parse_option_value(cmd, o, argv[++i]);
             }
         } else {
@@ -4443,12 +4666,12 @@ static double model_sparsity(const Model *m, size_t nonzero) {
 
 /* The SGLD options of every command that estimates an LLC. */
 #define SGLD_OPTIONS(s, nbeta, n_samples)                                                          \
-    {"--lr", OPT_REAL, &(s).lr, 0, INFINITY, 1, "EPS", "SGLD step size epsilon", NULL},             \
+    {"--lr", OPT_REAL, &(s).lr, 0, INFINITY, OPEN_MIN, "EPS", "SGLD step size epsilon", NULL},      \
     SGLD_OPTIONS_BUT_LR(s, nbeta, n_samples)
 
 /* The same without --lr, for commands that read it differently. */
 #define SGLD_OPTIONS_BUT_LR(s, nbeta, n_samples)                                                   \
-    {"--nbeta", OPT_REAL, &(nbeta), 0, INFINITY, 1, "NB",                                          \
+    {"--nbeta", OPT_REAL, &(nbeta), 0, INFINITY, OPEN_MIN, "NB",                                   \
      "inverse temperature n*beta (default batch / ln(batch))", NULL},                              \
     {"--localization", OPT_REAL, &(s).localization, 0, INFINITY, 0, "G",                           \
      "strength gamma of the pull towards w*", NULL},                                               \
@@ -4460,6 +4683,13 @@ static double model_sparsity(const Model *m, size_t nonzero) {
     {"--samples", OPT_INT, &(n_samples), 1, 1e8, 0, "N", "random input sequences", NULL},           \
     {"--seed", OPT_U64, &(s).seed, 0, 0, 0, "N", "seed of the inputs and the SGLD noise", NULL},    \
     {"--threads", OPT_INT, &(s).threads, 0, 4096, 0, "N", "worker threads, 0 = one per core", NULL}
+
+/* Rejects SGLD settings whose chains would run more steps than an int counts. */
+static void check_sgld_steps(const Command *cmd, const SgldSettings *s) {
+    if (sgld_steps_per_chain(s) > INT_MAX)
+        usage_error(cmd, "--burnin + --draws * --every is %lld steps per chain; the maximum is %d",
+                    sgld_steps_per_chain(s), INT_MAX);
+}
 
 static void sgld_defaults(SgldSettings *s) {
     memset(s, 0, sizeof *s);
@@ -4762,7 +4992,7 @@ static int cmd_run(int argc, char **argv) {
         "With --inputs, each line of FILE is one input (tokens separated by spaces) and each\n"
         "gives one line of outputs; with --raw, a block of lines followed by a blank line.\n"
         "Use -- before tokens that start with \"--\".\n"};
-    int raw = 0, n_pos, n_tok, t, j, i, *ids, seq_start[2];
+    int raw = 0, n_pos, n_tok, t, j, i, *ids, seq_start[2], status = 0;
     const char *inputs = NULL;
     Option opts[] = {{"--raw", OPT_FLAG, &raw, 0, 0, 0, NULL,
                       "print the output-space values instead: one line per position, BOS first", NULL},
@@ -4784,7 +5014,10 @@ static int cmd_run(int argc, char **argv) {
 
     if (inputs) {
         Dataset d;
-        if (dataset_read(&d, &m, inputs) != 0) return 1;
+        if (dataset_read(&d, &m, inputs) != 0) {
+            status = 1;
+            goto done;
+        }
         for (i = 0; i < d.n; i++) {
             int *row_src = xmalloc((size_t)d.stride * sizeof(int), "a batch");
             int *seq_ids = xmalloc((size_t)d.stride * sizeof(int), "a batch");
@@ -4810,14 +5043,18 @@ static int cmd_run(int argc, char **argv) {
                 for (id = 0; id < c->n_vocab; id++)
                     if (id != c->bos_id) fprintf(stderr, " %s", m.vocab[id]);
                 fprintf(stderr, "\n");
-                return 2;
+                free(ids);
+                status = 2;
+                goto done;
             }
             ids[t++] = id;
         }
         if (n_tok < 1 || n_tok > c->max_seq_len) {
             fprintf(stderr, "llc run: %d tokens given; %s takes 1 to max_seq_len = %d tokens\n", n_tok,
                     pos[0], c->max_seq_len);
-            return 2;
+            free(ids);
+            status = 2;
+            goto done;
         }
         seq_start[0] = 0;
         seq_start[1] = n_tok + 1;
@@ -4828,10 +5065,11 @@ static int cmd_run(int argc, char **argv) {
         print_outputs(&m, model_forward(c, &m.w, ws, &b), b.n_rows, raw);
         free(ids);
     }
+done:
     workspace_free(ws);
     model_free(&m);
     free(pos);
-    return 0;
+    return status;
 }
 
 /* llc estimate ------------------------------------------------------------ */
@@ -5080,6 +5318,9 @@ static void write_estimate_json(FILE *f, const EstimateInfo *info, const SgldSet
     json_array(&j, "llc_chains");
     for (c = 0; c < r->chains; c++) json_num(&j, NULL, r->llc_chain[c]);
     json_array_end(&j);
+    json_array(&j, "draws_done");
+    for (c = 0; c < r->chains; c++) json_int(&j, NULL, r->draws_done[c]);
+    json_array_end(&j);
     json_array(&j, "diverged_chains");
     for (c = 0; c < r->chains; c++) {
         if (r->diverged_step[c] < 0) continue;
@@ -5242,7 +5483,11 @@ static int estimate_job(const EstimateRequest *q) {
     rng_seed(&rng, s.seed);
     info.n_samples = q->n_samples;
     if (q->inputs) {
-        if (dataset_read(&data, &m, q->inputs) != 0) return 1;
+        if (dataset_read(&data, &m, q->inputs) != 0) {
+            if (has_teacher) model_free(&teacher);
+            model_free(&m);
+            return 1;
+        }
         info.n_samples = data.n;
     } else {
         dataset_random(&data, &m.cfg, q->n_samples, &rng);
@@ -5255,12 +5500,12 @@ static int estimate_job(const EstimateRequest *q) {
     mp.max_batch = s.batch < data.n ? s.batch : data.n;
     problem = model_problem(&mp);
     info.estimated_seconds = estimate_seconds(m.n_params, &m.cfg, &s, data.n);
+    /* before the first progress line, which tells a caller that SIGINT is handled */
+    install_sigint_handler();
     progress("%s: %zu parameters, loss %s, %d chains x %d draws, lr %g; needs about %s of memory and %s",
              q->model_path, m.n_params, loss_name(loss), s.chains, s.draws, s.lr,
              format_bytes(info.memory_bytes, bytes_text, sizeof bytes_text),
              format_seconds(info.estimated_seconds, time_text, sizeof time_text));
-
-    install_sigint_handler();
     if (q->lr_auto) {
         Calibration cal;
         double nbetas[5], lrs[] = {1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2};
@@ -5275,11 +5520,14 @@ static int estimate_job(const EstimateRequest *q) {
             for (j = 0; j < 5; j++) nbetas[j] = sgld_default_nbeta(s.batch) * pow(10.0, (j - 2) / 2.0);
         progress("--lr auto: calibrating over %d step sizes x %d nbeta values", 6, n_nbetas);
         if (calibrate(&problem, &short_chains, lrs, 6, nbetas, n_nbetas, &cal) != 0) die("calibration failed");
-        if (g_interrupted) return 130;
-        if (cal.best < 0) {
-            fprintf(stderr, "%s: --lr auto: %s; give --lr instead\n", g_program, cal.explanation);
+        if (g_interrupted || cal.best < 0) {
+            if (!g_interrupted)
+                fprintf(stderr, "%s: --lr auto: %s; give --lr instead\n", g_program, cal.explanation);
             calibration_free(&cal);
-            return 1;
+            dataset_free(&data);
+            if (has_teacher) model_free(&teacher);
+            model_free(&m);
+            return g_interrupted ? 130 : 1;
         }
         progress("--lr auto: %s", cal.explanation);
         s.lr = info.lr = cal.lr;
@@ -5314,10 +5562,19 @@ static int estimate_job(const EstimateRequest *q) {
         printf("\n");
         if (r.n_diverged) {
             printf("diverged     %d of %d chains, left out of llc_mean:", r.n_diverged, r.chains);
-            for (i = 0; i < r.chains; i++)
-                if (r.diverged_step[i] >= 0)
+            for (i = 0; i < r.chains; i++) {
+                if (r.diverged_step[i] < 0) continue;
+                if (r.diverged_draw[i] >= 0)
                     printf(" chain %d at step %d (draw %d)", i, r.diverged_step[i], r.diverged_draw[i]);
+                else
+                    printf(" chain %d at step %d (burn-in)", i, r.diverged_step[i]);
+            }
             printf("\n");
+        }
+        if (r.interrupted) {
+            long long done = 0;
+            for (i = 0; i < r.chains; i++) done += r.draws_done[i];
+            printf("incomplete   interrupted after %lld of %lld draws\n", done, (long long)r.chains * r.draws);
         }
         printf("time         %.2f s\n", r.seconds);
         if (info.peak_memory_bytes >= 0)
@@ -5327,10 +5584,15 @@ static int estimate_job(const EstimateRequest *q) {
         printf("arenas: parameters %.2f MiB, %.2f MiB per chain\n", info.model_bytes / 1048576.0,
                info.chain_bytes / 1048576.0);
     }
-    for (i = 0; i < r.chains; i++)
-        if (r.diverged_step[i] >= 0)
+    for (i = 0; i < r.chains; i++) {
+        if (r.diverged_step[i] < 0) continue;
+        if (r.diverged_draw[i] >= 0)
             warn("chain %d diverged: non-finite loss or gradient at step %d (draw %d); it is left out of llc_mean",
                  i, r.diverged_step[i], r.diverged_draw[i]);
+        else
+            warn("chain %d diverged: non-finite loss or gradient at step %d, during burn-in; it is left out of "
+                 "llc_mean", i, r.diverged_step[i]);
+    }
     if (r.n_diverged == r.chains) warn("every chain diverged, so there is no estimate; try a smaller --lr");
     report_diagnostics(&r, loss_name(loss));
     if (r.unchanged_fraction_nonzero > 0.5)
@@ -5404,6 +5666,7 @@ static int cmd_estimate(int argc, char **argv) {
     estimate_request_defaults(&q);
     parse_args(&cmd, opts, argc, argv, pos);
     g_quiet = quiet;
+    check_sgld_steps(&cmd, &q.s);
     q.model_path = pos[0];
     q.s.nbeta = isfinite(nbeta) ? nbeta : 0.0;
     if (lr_text && !strcmp(lr_text, "auto")) {
@@ -5582,7 +5845,7 @@ static int cmd_distill(int argc, char **argv) {
     int quiet = 0, status;
     Option opts[] = {
         {"-o", OPT_STRING, &out, 0, 0, 0, "FILE", "student weight file to write (required)", NULL},
-        {"--shrink", OPT_REAL, &ds.shrink, 0, 1, 0, "F", "fraction of d_model and d_mlp to remove, 0 <= F < 1",
+        {"--shrink", OPT_REAL, &ds.shrink, 0, 1, OPEN_MAX, "F", "fraction of d_model and d_mlp to remove, 0 <= F < 1",
          NULL},
         {"--steps", OPT_INT, &ds.steps, 1, 1e8, 0, "N", "Adam steps", NULL},
         {"--lr", OPT_REAL, &ds.lr, 0, INFINITY, 1, "LR", "Adam step size", NULL},
@@ -5607,7 +5870,6 @@ static int cmd_distill(int argc, char **argv) {
     g_quiet = quiet;
     if (!out) usage_error(&cmd, "missing -o STUDENT");
     if (!isfinite(ds.shrink)) usage_error(&cmd, "missing --shrink F");
-    if (ds.shrink >= 1) usage_error(&cmd, "--shrink must be a number in [0, 1), got %g", ds.shrink);
 
     load_model_or_exit(&teacher, pos[0]);
     rng_seed(&rng, ds.seed);
@@ -5719,6 +5981,7 @@ static int cmd_study_distill(int argc, char **argv) {
     distill_defaults(&ds);
     n_programs = parse_args(&cmd, opts, argc, argv, programs);
     g_quiet = quiet;
+    check_sgld_steps(&cmd, &s);
     s.nbeta = isfinite(nbeta) ? nbeta : 0.0;
     n_shrinks = parse_number_list(shrink_text, shrinks, MAX_SHRINKS);
     if (n_shrinks < 1) usage_error(&cmd, "--shrink must be a list of up to %d numbers, got \"%s\"", MAX_SHRINKS,
@@ -6649,6 +6912,7 @@ static int cmd_sweep(int argc, char **argv) {
     q.s.threads = -1;
     parse_args(&cmd, opts, argc, argv, NULL);
     g_quiet = quiet;
+    check_sgld_steps(&cmd, &q.s);
     if (!programs_text) usage_error(&cmd, "missing --programs");
     if (!lengths_text) usage_error(&cmd, "missing --lengths");
     if (!out_dir) usage_error(&cmd, "missing --out DIR");

@@ -10,7 +10,9 @@
  *
  * All integers are unsigned little-endian (u32, u64); weights are IEEE 754
  * float32 little-endian. A string is a u32 byte count (at most 65535)
- * followed by that many UTF-8 bytes without a terminating NUL.
+ * followed by that many UTF-8 bytes without a terminating NUL. Strings
+ * contain no control characters, except that metadata values may contain
+ * tabs and line breaks.
  *
  * The header comes first, its fields in this order:
  *
