@@ -50,6 +50,59 @@ test: llc llc64 tests/test_llc tests/test_llc64 tests/test_llc_nosimd
 bench: llc
 	sh bench/run
 
+# make sanitize: the test suite on llc, llc64 and the three unit test builds with
+# AddressSanitizer (leaks included) and UndefinedBehaviorSanitizer in
+# build/sanitize. Any report fails the test that triggered it. Needs gcc's
+# libasan and libubsan, or CC=clang with libclang-rt-14-dev.
+SAN_DIR = build/sanitize
+SAN_CFLAGS = $(WARN) -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
+	-fsanitize=float-cast-overflow -fno-sanitize-recover=all $(NATIVE) $(PTHREAD)
+# allocator_may_return_null: llc reports a failed allocation itself, with the size
+SAN_ENV = ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+
+$(SAN_DIR)/llc: llc.c llc.h
+	@mkdir -p $(SAN_DIR)
+	$(CC) $(SAN_CFLAGS) -o $@ llc.c $(LDLIBS)
+
+$(SAN_DIR)/llc64: llc.c llc.h
+	@mkdir -p $(SAN_DIR)
+	$(CC) $(SAN_CFLAGS) -DLLC_DOUBLE -o $@ llc.c $(LDLIBS)
+
+$(SAN_DIR)/test_llc: tests/test_llc.c llc.c llc.h
+	@mkdir -p $(SAN_DIR)
+	$(CC) $(SAN_CFLAGS) -o $@ tests/test_llc.c $(LDLIBS)
+
+$(SAN_DIR)/test_llc64: tests/test_llc.c llc.c llc.h
+	@mkdir -p $(SAN_DIR)
+	$(CC) $(SAN_CFLAGS) -DLLC_DOUBLE -o $@ tests/test_llc.c $(LDLIBS)
+
+$(SAN_DIR)/test_llc_nosimd: tests/test_llc.c llc.c llc.h
+	@mkdir -p $(SAN_DIR)
+	$(CC) $(SAN_CFLAGS) -DLLC_NO_SIMD -o $@ tests/test_llc.c $(LDLIBS)
+
+sanitize: $(SAN_DIR)/llc $(SAN_DIR)/llc64 $(SAN_DIR)/test_llc $(SAN_DIR)/test_llc64 $(SAN_DIR)/test_llc_nosimd
+	$(SAN_ENV) LLC_BUILD=$(SAN_DIR) LLC_SANITIZED=1 sh tests/run
+
+# make fuzz: libFuzzer on the weight loader and on the --inputs reader,
+# FUZZ_SECONDS each; a crash stops it and leaves the input in build/fuzz.
+# Needs clang and libclang-rt-14-dev; not part of make test.
+FUZZ_CC = clang
+FUZZ_SECONDS ?= 120
+FUZZ_DIR = build/fuzz
+FUZZ_CFLAGS = -std=c99 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+
+$(FUZZ_DIR)/fuzz_loader: tests/fuzz/fuzz_loader.c llc.c llc.h
+	@mkdir -p $(FUZZ_DIR)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_loader.c -lm
+
+$(FUZZ_DIR)/fuzz_inputs: tests/fuzz/fuzz_inputs.c llc.c llc.h
+	@mkdir -p $(FUZZ_DIR)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_inputs.c -lm
+
+fuzz: $(FUZZ_DIR)/fuzz_loader $(FUZZ_DIR)/fuzz_inputs
+	sh tests/fuzz/run $(FUZZ_SECONDS)
+
 # Regenerates the shipped models (nine programs at max_seq_len 5 and 10).
 PROGRAMS = length frac_prevs sort sort_unique hist sort_freq pair_balance dyck-2 dyck-3
 weights:
@@ -59,6 +112,7 @@ weights:
 
 clean:
 	rm -f llc llc64 tests/test_llc tests/test_llc64 tests/test_llc_nosimd llc_result.json llc_trace.csv
-	rm -rf bench/build
+	rm -f llc_result.json.incomplete llc_trace.csv.incomplete
+	rm -rf bench/build build
 
-.PHONY: all run test bench weights clean
+.PHONY: all run test sanitize fuzz bench weights clean

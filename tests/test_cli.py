@@ -8,13 +8,14 @@ Prints one line per test: "ok NAME", "FAIL NAME: why" or "skip NAME: why".
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LLC = os.path.join(ROOT, "llc")
+LLC = os.path.join(os.environ.get("LLC_BUILD") or ROOT, "llc")
 WEIGHTS = os.path.join(ROOT, "tracr_weights")
 SORT5 = os.path.join(WEIGHTS, "sort_n5.llcw")
 sys.path.insert(0, WEIGHTS)
@@ -126,12 +127,118 @@ def test_estimate_divergence_reported():
 
 def test_estimate_usage_errors():
     expect_status(llc("estimate", SORT5, "--chains", -3), 2, "--chains", "[1, 100000]")
+    expect_status(llc("estimate", SORT5, "--chains", 1.5), 2, "--chains", "an integer")
     expect_status(llc("estimate", SORT5, "--lr", 0), 2, "--lr", "> 0")
+    expect_status(llc("estimate", SORT5, "--lr", -1e-5), 2, "--lr", "> 0")
+    expect_status(llc("estimate", SORT5, "--lr", "nan"), 2, "--lr", "> 0")
+    expect_status(llc("estimate", SORT5, "--nbeta", 0), 2, "--nbeta", "> 0")
+    expect_status(llc("estimate", SORT5, "--localization", -1), 2, "--localization", ">= 0")
+    expect_status(llc("estimate", SORT5, "--draws", 0), 2, "--draws", "[1, 100000000]")
+    expect_status(llc("estimate", SORT5, "--every", 0), 2, "--every", "[1, 1000000]")
+    expect_status(llc("estimate", SORT5, "--batch", 0), 2, "--batch", "[1, 1000000]")
+    expect_status(llc("estimate", SORT5, "--samples", "1e9"), 2, "--samples", "[1, 100000000]")
+    expect_status(llc("estimate", SORT5, "--threads", 5000), 2, "--threads", "[0, 4096]")
+    expect_status(llc("estimate", SORT5, "--seed", -1), 2, "--seed", "non-negative integer")
+    expect_status(llc("estimate", SORT5, "--draws", 100000000, "--every", 1000), 2,
+                  "steps per chain", "2147483647")
     expect_status(llc("estimate", SORT5, "--bogus"), 2, "unknown option --bogus")
-    expect_status(llc("estimate", SORT5, "--draws"), 2, "needs a value")
+    expect_status(llc("estimate", SORT5, "--draws"), 2, "--draws needs a value")
+    expect_status(llc("estimate", SORT5, "--json", "--quiet"), 2, "--json needs a value")
+    expect_status(llc("estimate", SORT5, "--json="), 2, "--json needs a value")
+    expect_status(llc("estimate", SORT5, "--quiet=1"), 2, "--quiet takes no value")
     expect_status(llc("estimate", SORT5, "--loss", "xent"), 2, "auto|ce|mse|kl")
+    expect_status(llc("estimate"), 2, "missing arguments")
+    expect_status(llc("estimate", SORT5, SORT5), 2, "unexpected argument")
     frac = os.path.join(WEIGHTS, "frac_prevs_n5.llcw")
     expect_status(llc("estimate", frac, "--loss", "ce"), 2, "numerical")
+
+
+def test_other_commands_usage_errors():
+    expect_status(llc("info"), 2, "missing arguments")
+    expect_status(llc("info", SORT5, SORT5), 2, "unexpected argument")
+    expect_status(llc("info", SORT5, "--bogus"), 2, "unknown option --bogus")
+    expect_status(llc("info", SORT5, "--json=yes"), 2, "--json takes no value")
+    expect_status(llc("run", SORT5), 2, "missing input tokens")
+    expect_status(llc("run", SORT5, "--inputs"), 2, "--inputs needs a value")
+    expect_status(llc("run", SORT5, "--inputs", "x.txt", "1"), 2, "not both")
+    expect_status(llc("run", SORT5, "--raww", "1"), 2, "unknown option --raww")
+    expect_status(llc("diff", SORT5), 2, "missing arguments")
+    expect_status(llc("diff", SORT5, SORT5, "--tol", -1), 2, "--tol", ">= 0")
+    expect_status(llc("diff", SORT5, SORT5, "--tol"), 2, "--tol needs a value")
+    expect_status(llc("frobnicate"), 2, "unknown command")
+
+
+def test_estimate_strict_divergence():
+    # At this step size about half of the chains diverge (4 of 8 with seed 1 in float32);
+    # --strict turns any divergence into exit status 1.
+    out = os.path.join(TMP, "strict.json")
+    args = ("estimate", SORT5, "--chains", 8, "--draws", 50, "--lr", "1.2e-3", "--seed", 1, "--quiet",
+            "--json", out)
+    result = llc(*args)
+    data = json.load(open(out))
+    diverged = len(data["diverged_chains"])
+    expect(0 < diverged < 8, f"{diverged} of 8 chains diverged; the test needs some, not all")
+    expect_status(result, 0, "diverged")
+    expect(data["llc_mean"] is not None, "llc_mean is missing although some chains finished")
+    result = llc(*args, "--strict")
+    expect_status(result, 1, "--strict", "diverged")
+    data = json.load(open(out))
+    expect(len(data["diverged_chains"]) == diverged, "--strict changed the result")
+    chain = data["diverged_chains"][0]
+    expect(f"chain {chain['chain']} diverged" in result.stderr and f"(draw {chain['draw']})" in result.stderr,
+           f"the warning lacks the chain and draw: {result.stderr.strip()[:300]}")
+    expect("diverged" in result.stdout, "the summary does not list the diverged chains")
+
+
+def test_estimate_interrupt_keeps_previous_output():
+    out = os.path.join(TMP, "interrupt.json")
+    trace = os.path.join(TMP, "interrupt.csv")
+    previous = b'{"previous": "results"}\n'
+    for path in (out, trace):
+        with open(path, "wb") as f:
+            f.write(previous)
+        if os.path.exists(path + ".incomplete"):
+            os.remove(path + ".incomplete")
+    draws = 10 ** 6
+
+    # SIG_DFL: a shell ignores SIGINT in background jobs, and llc keeps it ignored then
+    proc = subprocess.Popen((LLC, "estimate", SORT5, "--chains", "2", "--draws", str(draws), "--json", out,
+                             "--trace", trace),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    lines = []
+    for line in proc.stderr:   # progress lines come every 2 s once SGLD runs
+        lines.append(line)
+        if "SGLD" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    try:
+        stdout, rest = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError("llc estimate did not stop within 120 s of SIGINT")
+    stderr = "".join(lines) + rest
+
+    expect(proc.returncode == 130, f"exit status {proc.returncode}, expected 130; stderr: {stderr[-400:]}")
+    for path in (out, trace):
+        with open(path, "rb") as f:
+            expect(f.read() == previous, f"{path} was changed by the interrupted run")
+        expect(os.path.exists(path + ".incomplete"), f"no {path}.incomplete")
+        expect(path + ".incomplete" in stderr, f"stderr does not say where the partial results are: {stderr[-400:]}")
+
+    data = json.load(open(out + ".incomplete"))
+    expect(data["complete"] is False, f"complete is {data['complete']}")
+    done = sum(data["draws_done"])
+    recorded = sum(v is not None for chain in data["loss_trace"] for v in chain)
+    expect(0 < done < 2 * draws, f"{done} draws done of {2 * draws}")
+    expect(recorded == done, f"{recorded} draws in loss_trace, draws_done says {done}")
+
+    rows = open(trace + ".incomplete").read().strip().split("\n")
+    expect(len(rows) == done + 1, f"the partial trace has {len(rows) - 1} rows for {done} draws")
+    expect("incomplete" in stdout, "the summary does not say the results are incomplete")
+    leftovers = [name for name in os.listdir(TMP) if ".tmp" in name]
+    expect(not leftovers, f"temporary files left behind: {leftovers}")
 
 
 def test_bad_model_file_keeps_output():

@@ -20,7 +20,7 @@ import zipfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = os.path.join(ROOT, "..", "shared", "tracr_reference", "models")
 CONVERT = os.path.join(ROOT, "tracr_weights", "convert.py")
-LLC = os.path.join(ROOT, "llc")
+LLC = os.path.join(os.environ.get("LLC_BUILD") or ROOT, "llc")
 sys.path.insert(0, os.path.join(ROOT, "tracr_weights"))
 
 import convert  # noqa: E402  (needs the path set above)

@@ -15,7 +15,7 @@ import tempfile
 import xml.etree.ElementTree as ET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LLC = os.path.join(ROOT, "llc")
+LLC = os.path.join(os.environ.get("LLC_BUILD") or ROOT, "llc")
 WEIGHTS = os.path.join(ROOT, "tracr_weights")
 CASES = os.path.join(ROOT, "..", "shared", "tracr_reference", "cases")
 TMP = tempfile.mkdtemp(prefix="llc-distill-")

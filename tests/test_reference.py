@@ -19,8 +19,9 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = os.path.join(ROOT, "..", "shared", "tracr_reference")
-LLC = os.path.join(ROOT, "llc")
-LLC64 = os.path.join(ROOT, "llc64")
+BUILD = os.environ.get("LLC_BUILD") or ROOT   # tests/run sets it for make sanitize
+LLC = os.path.join(BUILD, "llc")
+LLC64 = os.path.join(BUILD, "llc64")
 COMPILE = os.path.join(ROOT, "tracr_weights", "compile.py")
 sys.path.insert(0, os.path.join(ROOT, "tracr_weights"))
 

@@ -18,8 +18,9 @@ import time
 import xml.etree.ElementTree as ET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LLC = os.path.join(ROOT, "llc")
-LLC64 = os.path.join(ROOT, "llc64")
+BUILD = os.environ.get("LLC_BUILD") or ROOT   # tests/run sets it for make sanitize
+LLC = os.path.join(BUILD, "llc")
+LLC64 = os.path.join(BUILD, "llc64")
 WEIGHTS = os.path.join(ROOT, "tracr_weights")
 SPARSITY = os.path.join(ROOT, "..", "shared", "tracr_reference", "sparsity.csv")
 TMP = tempfile.mkdtemp(prefix="llc-sweep-")
