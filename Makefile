@@ -84,8 +84,8 @@ $(SAN_DIR)/test_llc_nosimd: tests/test_llc.c llc.c llc.h
 sanitize: $(SAN_DIR)/llc $(SAN_DIR)/llc64 $(SAN_DIR)/test_llc $(SAN_DIR)/test_llc64 $(SAN_DIR)/test_llc_nosimd
 	$(SAN_ENV) LLC_BUILD=$(SAN_DIR) LLC_SANITIZED=1 sh tests/run
 
-# make fuzz: libFuzzer on the weight loader and on the --inputs reader,
-# FUZZ_SECONDS each; a crash stops it and leaves the input in build/fuzz.
+# make fuzz: libFuzzer on the weight loader, the --inputs reader and the
+# JSON reader, FUZZ_SECONDS each; a crash leaves its input in build/fuzz.
 # Needs clang and libclang-rt-14-dev; not part of make test.
 FUZZ_CC = clang
 FUZZ_SECONDS ?= 120
@@ -100,7 +100,11 @@ $(FUZZ_DIR)/fuzz_inputs: tests/fuzz/fuzz_inputs.c llc.c llc.h
 	@mkdir -p $(FUZZ_DIR)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_inputs.c -lm
 
-fuzz: $(FUZZ_DIR)/fuzz_loader $(FUZZ_DIR)/fuzz_inputs
+$(FUZZ_DIR)/fuzz_json: tests/fuzz/fuzz_json.c llc.c llc.h
+	@mkdir -p $(FUZZ_DIR)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_json.c -lm
+
+fuzz: llc $(FUZZ_DIR)/fuzz_loader $(FUZZ_DIR)/fuzz_inputs $(FUZZ_DIR)/fuzz_json
 	sh tests/fuzz/run $(FUZZ_SECONDS)
 
 # Regenerates the shipped models (nine programs at max_seq_len 5 and 10).

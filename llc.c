@@ -438,6 +438,12 @@ static int json_parse_string(JsonParser *jp, char **out) {
     return 0;
 }
 
+/* Returns 1 when the text at jp->p starts with word; reads no byte past jp->end. */
+static int json_starts_with(const JsonParser *jp, const char *word) {
+    size_t n = strlen(word);
+    return (size_t)(jp->end - jp->p) >= n && !memcmp(jp->p, word, n);
+}
+
 static int json_parse_value(JsonParser *jp, JsonValue *v) {
     memset(v, 0, sizeof *v);
     json_skip_space(jp);
@@ -490,18 +496,20 @@ static int json_parse_value(JsonParser *jp, JsonValue *v) {
     } else if (*jp->p == '"') {
         v->type = JSON_STRING;
         if (json_parse_string(jp, &v->string)) return -1;
-    } else if (!strncmp(jp->p, "true", 4) || !strncmp(jp->p, "false", 5)) {
+    } else if (json_starts_with(jp, "true") || json_starts_with(jp, "false")) {
         v->type = JSON_BOOL;
         v->number = *jp->p == 't';
         jp->p += *jp->p == 't' ? 4 : 5;
-    } else if (!strncmp(jp->p, "null", 4)) {
+    } else if (json_starts_with(jp, "null")) {
         v->type = JSON_NULL;
         jp->p += 4;
     } else {
         char *end;
         char buf[64];
         size_t len = 0;
-        while (jp->p + len < jp->end && len < sizeof buf - 1 && strchr("+-0123456789.eE", jp->p[len])) len++;
+        while (jp->p + len < jp->end && len < sizeof buf - 1 && jp->p[len] &&
+               strchr("+-0123456789.eE", jp->p[len]))
+            len++;
         memcpy(buf, jp->p, len);
         buf[len] = 0;
         v->type = JSON_NUMBER;

@@ -166,6 +166,13 @@ def test_other_commands_usage_errors():
     expect_status(llc("diff", SORT5, SORT5, "--tol", -1), 2, "--tol", ">= 0")
     expect_status(llc("diff", SORT5, SORT5, "--tol"), 2, "--tol needs a value")
     expect_status(llc("frobnicate"), 2, "unknown command")
+    student = os.path.join(TMP, "student.llcw")
+    expect_status(llc("distill", SORT5, "-o", student, "--shrink", 1), 2, "--shrink", "[0, 1)")
+    expect_status(llc("distill", SORT5, "-o", student, "--shrink", -0.1), 2, "--shrink", "[0, 1)")
+    expect_status(llc("landscape", SORT5, "--grid", 1), 2, "--grid", "[2, 1001]")
+    expect_status(llc("sweep", "--programs", "sort", "--lengths", 5, "--out", TMP, "--draws", 100000000,
+                      "--every", 100), 2, "steps per chain")
+    expect(not os.path.exists(student), "a rejected distill wrote the student")
 
 
 def test_estimate_strict_divergence():

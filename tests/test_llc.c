@@ -993,6 +993,30 @@ static void test_sgld_polynomial_blows_up(void) {
     free(q.y);
 }
 
+/* The JSON reader stays within the length it is given: each text sits in a
+ * buffer of exactly its size, so AddressSanitizer (make sanitize) reports a
+ * read past it. The fuzzer found such reads in the literals true, false
+ * and null at the end of a text. */
+static void test_json_parse_bounds(void) {
+    static const struct { const char *text; size_t len; int ok; } cases[] = {
+        {"true", 4, 1}, {"null", 4, 1}, {"[false]", 7, 1}, {"-2.5e-3", 7, 1}, {"{\"a\": [1, \"b\"]}", 15, 1},
+        {"tru", 3, 0}, {"nul", 3, 0}, {"fals", 4, 0}, {"[1,", 3, 0}, {"{\"a\":", 5, 0}, {"\"abc", 4, 0},
+        {"1\0", 2, 0}, {"\"\\u00", 5, 0}};
+    size_t k;
+    for (k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        char *text = xmalloc(cases[k].len, "a JSON text");
+        const char *error = NULL;
+        JsonValue v;
+        int rc;
+        memcpy(text, cases[k].text, cases[k].len);
+        rc = json_parse(text, cases[k].len, &v, &error);
+        CHECK((rc == 0) == cases[k].ok, "case %zu (%.*s): json_parse returned %d (%s)", k, (int)cases[k].len,
+              cases[k].text, rc, error ? error : "no error");
+        if (rc == 0) json_value_free(&v);
+        free(text);
+    }
+}
+
 static void test_default_nbeta(void) {
     CHECK(fabs(sgld_default_nbeta(32) - 32 / log(32.0)) < 1e-12, "B=32");
     CHECK(sgld_default_nbeta(1) == 1.0, "B=1 gives %g", sgld_default_nbeta(1));
@@ -1359,6 +1383,7 @@ int main(int argc, char **argv) {
     run_test("loss values", test_loss_values);
     run_test("adam two steps", test_adam_two_steps);
     run_test("default nbeta", test_default_nbeta);
+    run_test("json parse bounds", test_json_parse_bounds);
     run_test("sgld zero noise is descent", test_sgld_zero_noise_is_gradient_descent);
     run_test("sgld seeded repeat and threads", test_sgld_seeded_repeat_and_threads);
     run_test("sgld draw rule and divergence", test_sgld_draw_rule_and_divergence);

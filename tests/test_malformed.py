@@ -131,12 +131,17 @@ def test_oversized_model_run():
 
 
 def test_oversized_model_estimate():
-    # 1024 samples of 2^24 + 1 positions exceed the int row indices of a dataset.
     path = oversized_model(max_seq_len=1 << 24)
+    # The memory estimate rejects the job before anything is allocated.
     result = llc("estimate", path, "--quiet")
     lines = result.stderr.strip().split("\n")
-    if result.returncode != 1 or len(lines) != 1 or "use fewer samples" not in lines[0]:
+    if result.returncode != 1 or len(lines) != 1 or "--max-memory" not in lines[0]:
         return f"exit status {result.returncode}, stderr {result.stderr.strip()[:300]}"
+    # Past that limit, 1024 samples of 2^24 + 1 positions exceed the int row indices of a dataset.
+    result = llc("estimate", path, "--quiet", "--max-memory", "1e9T")
+    lines = result.stderr.strip().split("\n")
+    if result.returncode != 1 or len(lines) != 1 or "use fewer samples" not in lines[0]:
+        return f"with --max-memory 1e9T: exit status {result.returncode}, stderr {result.stderr.strip()[:300]}"
     return None
 
 
