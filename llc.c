@@ -13,7 +13,7 @@
  * which leaves out main; -march=native turns on the x86-64 SIMD kernels,
  * -DLLC_NO_SIMD and -DLLC_NO_THREADS turn off SIMD and POSIX threads)
  */
-#define _POSIX_C_SOURCE 200809L
+#define _XOPEN_SOURCE 700
 #define _FILE_OFFSET_BITS 64
 
 #include "llc.h"
@@ -225,7 +225,8 @@ static int atomic_open(AtomicFile *af, const char *path) {
     snprintf(af->tmp_path, n, "%s.tmp%ld", path, (long)getpid());
     af->f = fopen(af->tmp_path, "wb");
     if (!af->f) {
-        fprintf(stderr, "%s: cannot write %s: %s\n", g_program, path, strerror(errno));
+        fprintf(stderr, "%s: cannot write %s: creating the temporary file %s failed: %s\n", g_program, path,
+                af->tmp_path, strerror(errno));
         free(af->path);
         free(af->tmp_path);
         return -1;
@@ -239,13 +240,6 @@ static void atomic_free(AtomicFile *af) {
     free(af->path);
     free(af->tmp_path);
     af->path = af->tmp_path = NULL;
-}
-
-static void atomic_abort(AtomicFile *af) {
-    if (af->f) fclose(af->f);
-    af->f = NULL;
-    remove(af->tmp_path);
-    atomic_free(af);
 }
 
 static int atomic_commit(AtomicFile *af) {
@@ -799,9 +793,10 @@ static void rng_shuffle(Rng *r, int *a, int n) {
  * compile time: AVX-512 or AVX2 with FMA on x86-64, NEON on arm64 (float32
  * only), or the portable C kernel, which is always built and is the only
  * one with -DLLC_NO_SIMD. The *_ref loops accumulate in double and are the
- * reference that tests compare every kernel with.
+ * reference that tests compare every kernel with; only the tests build them.
  * ------------------------------------------------------------------------- */
 
+#ifdef LLC_TESTING
 static void matmul_nn_ref(real *C, const real *A, const real *B, int M, int K, int N, int acc) {
     int i, j, k;
     for (i = 0; i < M; i++) {
@@ -834,6 +829,7 @@ static void matmul_tn_ref(real *C, const real *A, const real *B, int M, int K, i
         }
     }
 }
+#endif
 
 /* A micro-kernel computes an m x n tile of C (m <= MR, n <= NR) from kc steps:
  *   tile[i, j] = sum_k A(i, k) b[k * ldb + j],   A(i, k) = a[i * rs_a + k * cs_a]
@@ -1326,6 +1322,15 @@ static void model_tensor_shape(const ModelConfig *c, int k, char *name, size_t n
         }
         if (is_bias[t]) *rows = 1;
     }
+}
+
+/* Returns 1 for the 1-D tensors (the biases), 0 for the matrices. A matrix
+ * can have one row (d_model 1), so the shape alone does not tell. */
+static int model_tensor_is_bias(const ModelConfig *c, int k) {
+    int last = 2 + N_LAYER_TENSORS * c->n_layers;
+    if (k < 2 || k == last) return 0;
+    if (k == last + 1) return 1;
+    return (k - 2) % N_LAYER_TENSORS % 2 == 1;   /* the layer's w, b pairs alternate */
 }
 
 /* Returns the canonical index of a tensor name, or -1. */
@@ -1860,12 +1865,12 @@ static int model_read_stream(Model *m, FILE *f, uint64_t size, const char *path,
         }
         if (read_u32(&r, &dims[0], "a tensor's shape")) goto fail;
         if (ndim == 2 && read_u32(&r, &dims[1], "a tensor's shape")) goto fail;
-        if (ndim == 1 ? (rows != 1 || dims[0] != (uint32_t)cols)
-                      : (dims[0] != (uint32_t)rows || dims[1] != (uint32_t)cols)) {
+        if ((int)ndim != (model_tensor_is_bias(c, k) ? 1 : 2) ||
+            (ndim == 1 ? dims[0] != (uint32_t)cols : (dims[0] != (uint32_t)rows || dims[1] != (uint32_t)cols))) {
             char got[48];
             if (ndim == 1) snprintf(got, sizeof got, "[%lu]", (unsigned long)dims[0]);
             else snprintf(got, sizeof got, "[%lu, %lu]", (unsigned long)dims[0], (unsigned long)dims[1]);
-            if (rows == 1)
+            if (model_tensor_is_bias(c, k))
                 reader_fail(&r, "tensor %s has shape %s; the config needs [%d]", expect, got, cols);
             else
                 reader_fail(&r, "tensor %s has shape %s; the config needs [%d, %d]", expect, got,
@@ -2093,7 +2098,7 @@ int model_save(const Model *m, const char *path) {
     header_end = ftell(af.f);
     for (k = 0; k < m->n_tensors; k++) {
         const TensorInfo *t = &m->tensors[k];
-        header_end += 4 + (long)strlen(t->name) + 4 + (t->rows == 1 ? 4 : 8) + 4 + 16;
+        header_end += 4 + (long)strlen(t->name) + 4 + (model_tensor_is_bias(c, k) ? 4 : 8) + 4 + 16;
         header_end += any_sparse ? 4 : 0;
     }
     offset = (uint64_t)header_end;
@@ -2101,7 +2106,7 @@ int model_save(const Model *m, const char *path) {
         const TensorInfo *t = &m->tensors[k];
         uint64_t n_bytes = sparse[k] ? 4 + 8 * (uint64_t)nnz[k] : 4 * (uint64_t)t->numel;
         put_string(af.f, t->name);
-        if (t->rows == 1) {
+        if (model_tensor_is_bias(c, k)) {
             put_u32(af.f, 1);
             put_u32(af.f, (uint32_t)t->cols);
         } else {
@@ -2805,7 +2810,8 @@ static void dataset_label_with(Dataset *d, const Model *ref_model, Workspace *ws
             if (c->output_kind == OUTPUT_CATEGORICAL) {
                 int best = argmax(y + (size_t)r * O, O);
                 d->label[src] = is_bos ? -1 : best;
-                for (j = 0; j < O; j++) d->target[src * O + j] = (real)(j == best && !is_bos);
+                /* mse compares with the reference outputs themselves, so it is zero at the reference */
+                memcpy(d->target + src * O, y + (size_t)r * O, (size_t)O * sizeof(real));
             } else {
                 d->label[src] = -1;
                 d->target[src] = y[r];
@@ -3080,7 +3086,7 @@ static void *chain_worker(void *arg) {
 }
 
 /* The loss at w*: init_loss is the mean over the first min(chains, batches)
- * unshuffled batches. The gradient statistics use the first K = min(32,
+ * unshuffled batches. The gradient statistics use the first K = min(16,
  * batches) of them: the norm of their mean gradient and its standard error
  * sqrt(trace(covariance) / K). At a minimum of the loss the mean
  * gradient is noise of about that size; far above it, SGLD drifts downhill
@@ -3088,7 +3094,7 @@ static void *chain_worker(void *arg) {
 static void loss_at_w_star(const LlcProblem *p, const SgldSettings *s, LlcResult *r) {
     int n_batches = (p->n_samples + s->batch - 1) / s->batch, k, nb;
     int use = s->chains < n_batches ? s->chains : n_batches;
-    int K = n_batches < 32 ? n_batches : 32;
+    int K = n_batches < 16 ? n_batches : 16;
     if (K < use) K = use;
     int *order = xmalloc((size_t)p->n_samples * sizeof(int), "the sample order");
     real *w = xmalloc(p->n_params * sizeof(real), "a copy of w*");
@@ -3159,16 +3165,27 @@ static double split_r_hat(const double *trace, const int *ok, int chains, int dr
     return sqrt(((half - 1.0) / half * within + between / half) / within);
 }
 
-/* Trace diagnostics over the chains that did not diverge: split-R-hat, the
- * least-squares slope of the mean trace over the second half of the
- * draws (flat when its change across that half is within one standard
- * deviation of the values), and the chains whose mean lies below init_loss. */
+/* Least-squares slope of x[0 .. n-1] against its index. */
+static double trace_slope(const double *x, int n) {
+    double sx = 0, sy = 0, sxx = 0, sxy = 0;
+    int d;
+    for (d = 0; d < n; d++) sx += d, sy += x[d], sxx += (double)d * d, sxy += d * x[d];
+    return (n * sxy - sx * sy) / (n * sxx - sx * sx);
+}
+
+/* Trace diagnostics over the chains that did not diverge: split-R-hat; the
+ * least-squares slope of the second half of the draws, averaged over the
+ * chains, and whether it is flat: within three standard errors of zero,
+ * the error estimated from the spread of the chains' own slopes (so that
+ * the autocorrelation within a chain is accounted for), or with a single
+ * chain when its change across the half is within one standard deviation
+ * of its values (settled, which calibration requires of every chain count);
+ * and the chains whose mean lies below init_loss. */
 static void trace_diagnostics(LlcResult *r) {
     int *ok = xcalloc((size_t)r->chains, sizeof(int), "chain flags");
-    int c, d, n = r->draws, n_ok = 0, start, len;
+    int c, d, n = r->draws, n_ok = 0, start, len, n_mala = 0;
     double *mean_trace = xcalloc((size_t)r->draws, sizeof(double), "a trace");
-    double sx = 0, sy = 0, sxx = 0, sxy = 0, var = 0, mala = 0;
-    int n_mala = 0;
+    double var = 0, mala = 0, slope_sum = 0, slope_sq = 0, mean_value = 0;
     for (c = 0; c < r->chains; c++) {
         ok[c] = r->diverged_step[c] < 0 && r->draws_done[c] > 0;
         if (!ok[c]) continue;
@@ -3182,21 +3199,30 @@ static void trace_diagnostics(LlcResult *r) {
     r->second_half_slope = r->second_half_change = r->second_half_std = NAN;
     r->flat = 0;
     if (n_ok > 0 && n >= 4) {
-        for (d = 0; d < n; d++) {
-            for (c = 0; c < r->chains; c++)
-                if (ok[c]) mean_trace[d] += r->loss_trace[(size_t)c * r->draws + d] / n_ok;
-        }
         start = n / 2;
         len = n - start;
-        for (d = start; d < n; d++) {
-            double x = d - start, y = mean_trace[d];
-            sx += x, sy += y, sxx += x * x, sxy += x * y;
+        for (d = 0; d < n; d++)
+            for (c = 0; c < r->chains; c++)
+                if (ok[c]) mean_trace[d] += r->loss_trace[(size_t)c * r->draws + d] / n_ok;
+        for (c = 0; c < r->chains; c++) {
+            double b;
+            if (!ok[c]) continue;
+            b = trace_slope(r->loss_trace + (size_t)c * r->draws + start, len);
+            slope_sum += b;
+            slope_sq += b * b;
         }
-        r->second_half_slope = (len * sxy - sx * sy) / (len * sxx - sx * sx);
+        for (d = start; d < n; d++) mean_value += mean_trace[d] / len;
+        for (d = start; d < n; d++) var += (mean_trace[d] - mean_value) * (mean_trace[d] - mean_value);
+        r->second_half_slope = slope_sum / n_ok;
         r->second_half_change = r->second_half_slope * len;
-        for (d = start; d < n; d++) var += (mean_trace[d] - sy / len) * (mean_trace[d] - sy / len);
         r->second_half_std = sqrt(var / (len - 1));
-        r->flat = fabs(r->second_half_change) <= r->second_half_std;
+        r->settled = fabs(r->second_half_change) <= r->second_half_std;
+        if (n_ok >= 2) {
+            double sd = sqrt(fmax(slope_sq - n_ok * r->second_half_slope * r->second_half_slope, 0.0) / (n_ok - 1));
+            r->flat = fabs(r->second_half_slope) <= 3 * sd / sqrt((double)n_ok);
+        } else {
+            r->flat = r->settled;
+        }
     }
     free(ok);
     free(mean_trace);
@@ -3232,6 +3258,19 @@ int llc_estimate(const LlcProblem *p, const SgldSettings *s, LlcResult *r) {
     r->mala_chain = xmalloc((size_t)s->chains * sizeof(double), "the chain results");
     for (c = 0; c < s->chains; c++) r->mala_chain[c] = NAN;
     loss_at_w_star(p, s, r);
+    if (!isfinite(r->init_loss)) {
+        /* nothing to sample from: every chain counts as diverged at its first step */
+        for (c = 0; c < s->chains; c++) {
+            r->diverged_step[c] = 0;
+            r->diverged_draw[c] = s->burnin > 0 ? -1 : 0;
+            r->llc_chain[c] = NAN;
+        }
+        r->n_diverged = s->chains;
+        r->llc_mean = r->llc_std = NAN;
+        r->mala_mean = r->r_hat = NAN;
+        r->second_half_slope = r->second_half_change = r->second_half_std = NAN;
+        return 0;
+    }
 
     n_threads = s->threads > 0 ? s->threads : cpu_count();
     if (n_threads > s->chains) n_threads = s->chains;
@@ -3368,11 +3407,13 @@ static int calibrate(const LlcProblem *p, const SgldSettings *base, const double
             cal->mala[k] = r.mala_mean;
             cal->r_hat[k] = r.r_hat;
             cal->n_diverged[k] = r.n_diverged;
-            cal->flat[k] = r.flat;
-            if (r.n_diverged) snprintf(cal->reason[k], sizeof cal->reason[k], "%d chains diverged", r.n_diverged);
+            cal->flat[k] = r.flat && r.settled;
+            if (r.n_diverged) snprintf(cal->reason[k], sizeof cal->reason[k], "%d %s diverged", r.n_diverged,
+                                     r.n_diverged == 1 ? "chain" : "chains");
             else if (!(r.mala_mean >= 0.95))
-                snprintf(cal->reason[k], sizeof cal->reason[k], "MALA acceptance %.2f < 0.95", r.mala_mean);
-            else if (!r.flat) snprintf(cal->reason[k], sizeof cal->reason[k], "loss still moving in the second half");
+                snprintf(cal->reason[k], sizeof cal->reason[k], "MALA acceptance %.3f < 0.95", r.mala_mean);
+            else if (!r.flat || !r.settled)
+                snprintf(cal->reason[k], sizeof cal->reason[k], "loss still moving in the second half");
             else if (!(r.llc_mean >= 0)) snprintf(cal->reason[k], sizeof cal->reason[k], "negative LLC");
             cal->stable[k] = cal->reason[k][0] == 0;
             progress("calibration: lr %g, nbeta %g: llc %.4g, MALA %.2f, %s", lrs[i], nbetas[j], r.llc_mean,
@@ -3399,9 +3440,10 @@ static int calibrate(const LlcProblem *p, const SgldSettings *base, const double
         llc_estimate(p, &s, &r);
         g_quiet = quiet;
         if (r.n_diverged)
-            snprintf(cal->reason[k], sizeof cal->reason[k], "%d chains diverged in a 4x longer check", r.n_diverged);
+            snprintf(cal->reason[k], sizeof cal->reason[k], "%d %s diverged in a 4x longer check", r.n_diverged,
+                     r.n_diverged == 1 ? "chain" : "chains");
         else if (!(r.mala_mean >= 0.95))
-            snprintf(cal->reason[k], sizeof cal->reason[k], "MALA acceptance %.2f < 0.95 in a 4x longer check",
+            snprintf(cal->reason[k], sizeof cal->reason[k], "MALA acceptance %.3f < 0.95 in a 4x longer check",
                      r.mala_mean);
         else if (!(r.llc_mean >= 0))
             snprintf(cal->reason[k], sizeof cal->reason[k], "negative LLC in a 4x longer check");
@@ -3431,8 +3473,7 @@ static int calibration_choose(Calibration *cal, const SgldSettings *base) {
         }
         if (n_with == 0) {
             snprintf(cal->explanation, sizeof cal->explanation,
-                     "no grid point is stable (no divergence, MALA acceptance >= 0.95, flat second half, LLC >= 0); "
-                     "try smaller step sizes (--lr-grid), more --draws, or a --localization above 0");
+                     "no grid point is stable (no divergence, MALA acceptance >= 0.95, flat second half, LLC >= 0)");
             free(top);
             return 0;
         }
@@ -3459,12 +3500,18 @@ static int calibration_choose(Calibration *cal, const SgldSettings *base) {
         }
         cal->lr = lrs[cal->best / n_nbetas];
         cal->nbeta = nbetas[cal->best % n_nbetas];
-        snprintf(cal->explanation, sizeof cal->explanation,
-                 "%d of %d nbeta values have a stable step size, %d of them in a region where the LLC is flat in "
-                 "nbeta (within 20 %% of its neighbours); nbeta %g is %s closest to the default %g, and lr %g is its "
-                 "largest stable step size: llc %.4g, MALA acceptance %.2f",
-                 n_with, n_nbetas, n_flat, cal->nbeta, n_flat ? "the flat one" : "the one", default_nbeta, cal->lr,
-                 cal->llc_mean[cal->best], cal->mala[cal->best]);
+        if (n_with == 1)
+            snprintf(cal->explanation, sizeof cal->explanation,
+                     "only nbeta %g has a stable step size (so flatness in nbeta cannot be judged), and lr %g is its "
+                     "largest: llc %.4g, MALA acceptance %.2f", cal->nbeta, cal->lr, cal->llc_mean[cal->best],
+                     cal->mala[cal->best]);
+        else
+            snprintf(cal->explanation, sizeof cal->explanation,
+                     "%d of %d nbeta values have a stable step size, %d of them in a region where the LLC is flat "
+                     "in nbeta (within 20 %% of its neighbours); nbeta %g is %s closest to the default %g, and lr %g "
+                     "is its largest stable step size: llc %.4g, MALA acceptance %.2f",
+                     n_with, n_nbetas, n_flat, cal->nbeta, n_flat ? "the flat one" : "the one", default_nbeta,
+                     cal->lr, cal->llc_mean[cal->best], cal->mala[cal->best]);
         free(top);
     }
     return 0;
@@ -3649,7 +3696,7 @@ static void student_init(Model *s, const Model *t, double shrink, const char *te
     for (k = 0; k < s->n_tensors; k++) {
         const TensorInfo *ti = &s->tensors[k];
         real *v = s->params + ti->offset;
-        double std = ti->rows == 1 ? 0.0 : k < 2 ? 1.0 : 1.0 / sqrt((double)ti->rows);
+        double std = model_tensor_is_bias(&s->cfg, k) ? 0.0 : k < 2 ? 1.0 : 1.0 / sqrt((double)ti->rows);
         size_t j;
         for (j = 0; j < ti->numel; j++) v[j] = (real)(std * rng_normal(rng));
     }
@@ -3981,9 +4028,26 @@ int landscape_compute(const LlcProblem *p, const LandscapeSettings *s, Landscape
             norm += sum * sum;
         }
         norm = sqrt(norm);
-        for (k = 0; k < P && norm > 0; k++) d[k] = (real)(d[k] / norm);
         l->eigenvalue[j] = values[j];
         l->variance_share[j] = trace > 0 ? values[j] / trace : 0.0;
+        if (!(norm > 1e-12 * sqrt(trace)) || values[j] <= 0) {
+            /* no gradient variance left (every minibatch gradient is the same, zero at an exact minimum):
+             * a seeded random direction, orthogonal to the first */
+            double dot1 = 0.0;
+            Rng dir_rng;
+            rng_seed(&dir_rng, s->seed + 2 + (uint64_t)j);
+            norm = 0.0;
+            for (k = 0; k < P; k++) d[k] = (real)rng_normal(&dir_rng);
+            for (k = 0; j == 1 && k < P; k++) dot1 += (double)d[k] * l->d1[k];
+            for (k = 0; k < P; k++) {
+                if (j == 1) d[k] = (real)(d[k] - dot1 * l->d1[k]);
+                norm += (double)d[k] * d[k];
+            }
+            norm = sqrt(norm);
+            l->random_directions++;
+            l->variance_share[j] = NAN;
+        }
+        for (k = 0; k < P && norm > 0; k++) d[k] = (real)(d[k] / norm);
     }
     for (k = 0; k < P; k++) dot += (double)l->d1[k] * l->d2[k];
     l->angle_degrees = acos(fmax(-1.0, fmin(1.0, dot))) * 180.0 / LLC_PI;
@@ -4202,15 +4266,24 @@ static void draw_axis(FILE *f, Axis *a, double lo, double hi, int log_scale, int
 /* Writes a line chart; series with right set use a second y axis on the right. */
 static void svg_line_plot(FILE *f, const LinePlot *p) {
     const double width = 760, height = 460, left = 80, top = 50, bottom = 70;
-    int has_right = 0, s, i;
-    double right, x_lo, x_hi, y_lo, y_hi, legend_y;
+    int has_right = 0, n_labels = 0, s, i;
+    double right, x_lo, x_hi, y_lo, y_hi, legend_y, legend_width = 0;
+    size_t longest = 0;
     Axis ax, ay, ay2;
-    for (s = 0; s < p->n_series; s++) has_right |= p->series[s].right;
+    for (s = 0; s < p->n_series; s++) {
+        has_right |= p->series[s].right;
+        if (!p->series[s].label) continue;
+        n_labels++;
+        if (strlen(p->series[s].label) > longest) longest = strlen(p->series[s].label);
+    }
     right = has_right ? 90 : 30;
+    /* the legend sits in a column right of the plot, so it never covers data */
+    if (n_labels) legend_width = 60 + 7.0 * (double)longest;
 
     fprintf(f, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
-               "viewBox=\"0 0 %.0f %.0f\" font-family=\"sans-serif\">\n", width, height, width, height);
+               "viewBox=\"0 0 %.0f %.0f\" font-family=\"sans-serif\">\n", width + legend_width, height,
+            width + legend_width, height);
     fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
     if (p->title) svg_text(f, width / 2, 28, "middle", 16, "font-weight=\"bold\"", p->title);
 
@@ -4278,29 +4351,16 @@ static void svg_line_plot(FILE *f, const LinePlot *p) {
     }
     fprintf(f, "</g>\n");
 
-    /* legend, top left inside the plot */
-    legend_y = top + 10;
-    {
-        int n_labels = 0;
-        size_t longest = 0;
-        for (s = 0; s < p->n_series; s++) {
-            if (!p->series[s].label) continue;
-            n_labels++;
-            if (strlen(p->series[s].label) > longest) longest = strlen(p->series[s].label);
-        }
-        if (n_labels)
-            fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%d\" fill=\"white\" "
-                       "fill-opacity=\"0.85\" stroke=\"#cccccc\"/>\n",
-                    left + 4, top + 4, 44 + 7.0 * (double)longest, 17 * n_labels + 8);
-    }
+    /* legend */
+    legend_y = top + 4;
     fprintf(f, "<g font-size=\"12\">\n");
     for (s = 0; s < p->n_series; s++) {
         const PlotSeries *ps = &p->series[s];
         if (!ps->label) continue;
         fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"2\"%s/>\n",
-                left + 10, legend_y + 5, left + 34, legend_y + 5, plot_colors[ps->color % 10],
+                width + 10, legend_y + 5, width + 34, legend_y + 5, plot_colors[ps->color % 10],
                 ps->dashed ? " stroke-dasharray=\"6 4\"" : "");
-        svg_text(f, left + 40, legend_y + 9, "start", 12, NULL, ps->label);
+        svg_text(f, width + 40, legend_y + 9, "start", 12, NULL, ps->label);
         legend_y += 17;
     }
     fprintf(f, "</g>\n");
@@ -4415,9 +4475,11 @@ static void svg_landscape_panel(FILE *f, const Landscape *l, const char *title, 
                 axis_pos(&ay, ticks[k]), ox, axis_pos(&ay, ticks[k]));
         svg_text(f, ox - 8, axis_pos(&ay, ticks[k]) + 4, "end", 11, NULL, text);
     }
-    snprintf(label, sizeof label, "PC1 (%.1f %%)%s", 100 * l->variance_share[0], unit);
+    if (isfinite(l->variance_share[0])) snprintf(label, sizeof label, "PC1 (%.1f %%)%s", 100 * l->variance_share[0], unit);
+    else snprintf(label, sizeof label, "random direction 1%s", unit);
     svg_text(f, ox + (size + cell) / 2, oy + size + cell + 40, "middle", 13, NULL, label);
-    snprintf(label, sizeof label, "PC2 (%.1f %%)%s", 100 * l->variance_share[1], unit);
+    if (isfinite(l->variance_share[1])) snprintf(label, sizeof label, "PC2 (%.1f %%)%s", 100 * l->variance_share[1], unit);
+    else snprintf(label, sizeof label, "random direction 2%s", unit);
     {
         char rotate[96];
         snprintf(rotate, sizeof rotate, "transform=\"rotate(-90 %.1f %.1f)\"", ox - 48, oy + (size + cell) / 2);
@@ -4681,6 +4743,10 @@ static double model_sparsity(const Model *m, size_t nonzero) {
 #define SGLD_OPTIONS_BUT_LR(s, nbeta, n_samples)                                                   \
     {"--nbeta", OPT_REAL, &(nbeta), 0, INFINITY, OPEN_MIN, "NB",                                   \
      "inverse temperature n*beta (default batch / ln(batch))", NULL},                              \
+    SGLD_CHAIN_OPTIONS(s, n_samples)
+
+/* The chains' options without --lr and --nbeta, for llc calibrate. */
+#define SGLD_CHAIN_OPTIONS(s, n_samples)                                                            \
     {"--localization", OPT_REAL, &(s).localization, 0, INFINITY, 0, "G",                           \
      "strength gamma of the pull towards w*", NULL},                                               \
     {"--chains", OPT_INT, &(s).chains, 1, 100000, 0, "N", "independent SGLD chains", NULL},         \
@@ -4755,6 +4821,70 @@ static int make_dir(const char *path) {
     return 0;
 }
 
+/* Checks, before a long job starts, that path can be written: its folder
+ * exists and is writable, and path is not a folder. Prints why not. */
+static int check_writable(const char *path) {
+    char *folder = xstrdup(path), *slash = strrchr(folder, '/');
+    const char *dir = ".";
+    int ok = 1;
+    if (slash == folder) dir = "/";
+    else if (slash) *slash = 0, dir = folder;
+    if (dir_exists(path)) {
+        fprintf(stderr, "%s: cannot write %s: it is a folder\n", g_program, path);
+        ok = 0;
+    } else if (!dir_exists(dir)) {
+        fprintf(stderr, "%s: cannot write %s: the folder %s does not exist\n", g_program, path, dir);
+        ok = 0;
+    } else if (access(dir, W_OK) != 0) {
+        fprintf(stderr, "%s: cannot write %s: the folder %s is not writable (%s)\n", g_program, path, dir,
+                strerror(errno));
+        ok = 0;
+    }
+    free(folder);
+    return ok ? 0 : -1;
+}
+
+/* Returns 1 when a and b name the same existing file. */
+static int same_file(const char *a, const char *b) {
+    struct stat sa, sb;
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+/* The path of the file `target` relative to the folder `from_dir`, both
+ * resolved with realpath; NULL when either cannot be resolved. */
+static char *relative_path(const char *target, const char *from_dir) {
+    char *t = realpath(target, NULL), *f = realpath(from_dir, NULL), *out = NULL;
+    if (t && f) {
+        size_t common = 0, i, n_up = 0, len;
+        for (i = 0; t[i] && t[i] == f[i]; i++)
+            if (t[i] == '/') common = i + 1;
+        if (f[i] == 0 && t[i] == '/') common = i + 1;   /* from_dir is a prefix of target */
+        for (i = common; f[i]; i++) n_up += f[i] == '/';
+        if (f[common]) n_up++;
+        len = 3 * n_up + strlen(t + common) + 1;
+        out = xmalloc(len, "a path");
+        out[0] = 0;
+        for (i = 0; i < n_up; i++) strcat(out, "../");
+        strcat(out, t + common);
+    }
+    free(t);
+    free(f);
+    return out;
+}
+
+/* Records teacher_path in the student written to student_path, relative to
+ * the student's folder so that the pair can move together. */
+static void record_teacher(Model *student, const char *teacher_path, const char *student_path) {
+    char *folder = xstrdup(student_path), *slash = strrchr(folder, '/'), *rel;
+    if (slash == folder) folder[1] = 0;
+    else if (slash) *slash = 0;
+    else strcpy(folder, ".");
+    rel = relative_path(teacher_path, folder);
+    model_set_meta(student, "teacher", rel ? rel : teacher_path);
+    free(rel);
+    free(folder);
+}
+
 /* The folder of shipped models and compile.py: --weights, else
  * tracr_weights beside the llc executable, else ./tracr_weights. */
 static const char *weights_dir(const char *given) {
@@ -4778,6 +4908,11 @@ static const char *weights_dir(const char *given) {
 
 static const char *const tracr_programs[] = {"length", "frac_prevs", "sort", "sort_unique", "hist",
                                              "sort_freq", "pair_balance", "dyck-2", "dyck-3"};
+
+/* The programs with a numerical output, for which only the mse loss applies. */
+static int is_numerical_program(const char *name) {
+    return !strcmp(name, "frac_prevs") || !strcmp(name, "pair_balance");
+}
 
 static int is_tracr_program(const char *name) {
     size_t i;
@@ -4970,11 +5105,14 @@ static void print_value(double v) {
 
 /* Prints the outputs of batch row r: decoded values, or with raw the
  * output-space values of every position, BOS included, one line each. */
-static void print_outputs(const Model *m, const real *y, int n_rows, int raw) {
+static int print_outputs(const Model *m, const real *y, int n_rows, int raw) {
     const ModelConfig *c = &m->cfg;
-    int t, j;
+    int t, j, n_bad = 0;
     for (t = raw ? 0 : 1; t < n_rows; t++) {
         const real *yt = y + (size_t)t * c->n_outputs;
+        int finite = 1;
+        for (j = 0; j < c->n_outputs; j++) finite &= isfinite(yt[j]) != 0;
+        n_bad += !finite && t > 0;
         if (raw) {
             for (j = 0; j < c->n_outputs; j++) {
                 if (j) printf(" ");
@@ -4983,11 +5121,13 @@ static void print_outputs(const Model *m, const real *y, int n_rows, int raw) {
             printf("\n");
         } else {
             if (t > 1) printf(" ");
-            if (c->output_kind == OUTPUT_CATEGORICAL) printf("%s", m->output_values[argmax(yt, c->n_outputs)]);
+            if (!finite) printf("nan");   /* no value to decode */
+            else if (c->output_kind == OUTPUT_CATEGORICAL) printf("%s", m->output_values[argmax(yt, c->n_outputs)]);
             else print_value(yt[0]);
         }
     }
     if (!raw) printf("\n");
+    return n_bad;
 }
 
 static int cmd_run(int argc, char **argv) {
@@ -5000,7 +5140,7 @@ static int cmd_run(int argc, char **argv) {
         "With --inputs, each line of FILE is one input (tokens separated by spaces) and each\n"
         "gives one line of outputs; with --raw, a block of lines followed by a blank line.\n"
         "Use -- before tokens that start with \"--\".\n"};
-    int raw = 0, n_pos, n_tok, t, j, i, *ids, seq_start[2], status = 0;
+    int raw = 0, n_pos, n_tok, t, j, i, *ids, seq_start[2], n_bad = 0, status = 0;
     const char *inputs = NULL;
     Option opts[] = {{"--raw", OPT_FLAG, &raw, 0, 0, 0, NULL,
                       "print the output-space values instead: one line per position, BOS first", NULL},
@@ -5030,7 +5170,7 @@ static int cmd_run(int argc, char **argv) {
             int *row_src = xmalloc((size_t)d.stride * sizeof(int), "a batch");
             int *seq_ids = xmalloc((size_t)d.stride * sizeof(int), "a batch");
             b = batch_gather(&d, &i, 1, seq_ids, seq_start, row_src);
-            print_outputs(&m, model_forward(c, &m.w, ws, &b), b.n_rows, raw);
+            n_bad += print_outputs(&m, model_forward(c, &m.w, ws, &b), b.n_rows, raw);
             if (raw) printf("\n");
             free(row_src);
             free(seq_ids);
@@ -5070,8 +5210,13 @@ static int cmd_run(int argc, char **argv) {
         b.n_rows = n_tok + 1;
         b.ids = ids;
         b.seq_start = seq_start;
-        print_outputs(&m, model_forward(c, &m.w, ws, &b), b.n_rows, raw);
+        n_bad += print_outputs(&m, model_forward(c, &m.w, ws, &b), b.n_rows, raw);
         free(ids);
+    }
+    if (n_bad) {
+        fprintf(stderr, "llc run: %d output positions of %s are not finite (printed as nan); the model's weights "
+                        "overflow\n", n_bad, pos[0]);
+        status = 1;
     }
 done:
     workspace_free(ws);
@@ -5103,22 +5248,36 @@ static int check_teacher(const Model *student, const Model *teacher, const char 
 }
 
 /* Loads the teacher named on the command line, or else the one recorded in
- * the student's metadata (a relative path there is tried as given, then
- * next to the student file). Returns 1 when loaded, 0 when there is none. */
-static int load_teacher(Model *teacher, const Model *m, const char *model_path, const char *given) {
-    const char *path = given ? given : model_meta(m, "teacher");
+ * the student's metadata; a relative path there is taken from the student's
+ * folder first, then from the current one. Returns 1 when loaded, 0 when
+ * there is none, and stores the path it loaded in used (when not NULL);
+ * exits after a message when it cannot be loaded. */
+static int load_teacher(Model *teacher, const Model *m, const char *model_path, const char *given, char *used,
+                        size_t used_size) {
+    const char *recorded = model_meta(m, "teacher"), *path = given ? given : recorded;
     char *alt = NULL;
     int rc;
     if (!path) return 0;
-    if (!given && path[0] != '/' && access(path, R_OK) != 0) {
+    if (!given && path[0] != '/') {
         const char *slash = strrchr(model_path, '/');
         if (slash) {
             size_t n = (size_t)(slash - model_path) + strlen(path) + 2;
             alt = xmalloc(n, "a path");
             snprintf(alt, n, "%.*s/%s", (int)(slash - model_path), model_path, path);
-            path = alt;
+            if (access(alt, R_OK) == 0) path = alt;
         }
     }
+    if (!given && access(path, R_OK) != 0) {
+        fprintf(stderr, "%s: the teacher recorded in %s, %s, cannot be opened (%s); give it with --teacher FILE\n",
+                g_program, model_path, recorded, strerror(errno));
+        exit(1);
+    }
+    if (same_file(path, model_path)) {
+        fprintf(stderr, "%s: %s is its own teacher%s; give the real teacher with --teacher FILE\n", g_program,
+                model_path, given ? "" : " (as recorded in it)");
+        exit(1);
+    }
+    if (used) snprintf(used, used_size, "%s", path);
     rc = model_load(teacher, path);
     if (rc == 0 && check_teacher(m, teacher, path) != 0) {
         model_free(teacher);
@@ -5131,10 +5290,8 @@ static int load_teacher(Model *teacher, const Model *m, const char *model_path, 
 
 static LossKind resolve_loss(const char *name, const Model *m, int has_teacher, const char *cmd) {
     int numerical = m->cfg.output_kind == OUTPUT_NUMERICAL;
-    if (!strcmp(name, "auto")) {
-        if (numerical) return LOSS_MSE;
-        return has_teacher ? LOSS_KL : LOSS_CE;
-    }
+    (void)has_teacher;
+    if (!strcmp(name, "auto")) return numerical ? LOSS_MSE : LOSS_KL;
     if (numerical && strcmp(name, "mse") != 0) {
         fprintf(stderr, "llc %s: --loss %s needs a categorical output, and this model's output is "
                         "numerical (use --loss mse)\n", cmd, name);
@@ -5155,19 +5312,39 @@ static void write_trace_csv(FILE *f, const LlcResult *r, const SgldSettings *s) 
     }
 }
 
-/* Bytes an estimate needs: the model, then per parallel chain its
- * parameters, gradient and activations, and the dataset. An estimate, used
- * to refuse jobs that would not fit before they start. */
-static double estimate_memory_bytes(const ModelConfig *c, size_t n_params, size_t n_fixed, int chains, int threads,
-                                    int batch, int n_samples) {
-    double r = (double)sizeof(real), rows = (double)n_samples * (c->max_seq_len + 1);
+/* Bytes an estimate needs, from the sizes of the arenas it allocates: the
+ * model and the dataset, plus the largest of the phases that follow one
+ * another (labelling the inputs, the loss and gradient at w*, the chains
+ * running in parallel), plus 10 % and 16 MB for the allocator and the
+ * program. An estimate, used to refuse jobs that would not fit before they
+ * start; a teacher model is not counted. */
+static double estimate_memory_bytes(const ModelConfig *c, size_t n_params, size_t n_fixed, int chains, int draws,
+                                    int threads, int batch, int n_samples) {
+    double r = (double)sizeof(real), rows = (double)n_samples * (c->max_seq_len + 1), chain, at_w_star, labelling;
+    double model = r * (double)(n_params + n_fixed), dataset, phase;
     int parallel = threads > 0 ? threads : cpu_count();
+    Model shape;
+    ModelProblem mp;
+    LlcProblem p;
     if (parallel > chains) parallel = chains;
-    return r * (double)(n_params + n_fixed)                                              /* model */
-           + parallel * (r * (2.0 * (double)n_params + (double)n_fixed)                  /* w, gradients */
-                         + (double)workspace_bytes(c, batch))                           /* activations */
-           + rows * (3 * sizeof(int) + 2 * r * c->n_outputs)                             /* dataset */
-           + 16e6;                                                                       /* program */
+    memset(&shape, 0, sizeof shape);
+    shape.cfg = *c;
+    shape.n_fixed = n_fixed;
+    memset(&mp, 0, sizeof mp);
+    mp.m = &shape;
+    mp.max_batch = batch < n_samples ? batch : n_samples;
+    memset(&p, 0, sizeof p);
+    p.n_params = n_params;
+    p.n_samples = n_samples;
+    chain = (double)sgld_chain_bytes(&p) + (double)model_chain_bytes(&mp);
+    at_w_star = (double)model_chain_bytes(&mp) + (2 * r + 8) * (double)n_params;   /* a chain, w, grad, the mean */
+    labelling = (double)workspace_bytes(c, mp.max_batch);
+    dataset = rows * (3 * sizeof(int) + 2 * r * c->n_outputs) + (double)n_samples * sizeof(int);
+    dataset += (double)chains * (draws * sizeof(double) + 64);   /* the loss trace and per-chain results */
+    phase = parallel * chain;
+    if (at_w_star > phase) phase = at_w_star;
+    if (labelling > phase) phase = labelling;
+    return 1.1 * (model + dataset + phase) + 16e6;
 }
 
 /* Memory available to a new job: MemAvailable of /proc/meminfo, else the
@@ -5202,7 +5379,8 @@ static const char *format_bytes(double bytes, char *out, size_t n) {
 }
 
 static const char *format_seconds(double seconds, char *out, size_t n) {
-    if (seconds < 120) snprintf(out, n, "%.0f s", seconds);
+    if (seconds < 1) snprintf(out, n, "under 1 s");
+    else if (seconds < 120) snprintf(out, n, "%.0f s", seconds);
     else if (seconds < 7200) snprintf(out, n, "%.0f min", seconds / 60);
     else snprintf(out, n, "%.1f h", seconds / 3600);
     return out;
@@ -5355,6 +5533,7 @@ static void write_estimate_json(FILE *f, const EstimateInfo *info, const SgldSet
     json_num(&j, "second_half_change", r->second_half_change);
     json_num(&j, "second_half_std", r->second_half_std);
     json_bool(&j, "second_half_flat", r->flat);
+    json_bool(&j, "second_half_settled", r->settled);
     json_int(&j, "chains_below_init_loss", r->n_below_init);
     json_object_end(&j);
     json_num(&j, "unchanged_update_fraction", r->unchanged_fraction);
@@ -5370,6 +5549,7 @@ static void write_estimate_json(FILE *f, const EstimateInfo *info, const SgldSet
     json_bool(&j, "lr_auto", q->lr_auto);
     json_str(&j, "lr_scale", q->lr_scale);
     json_num(&j, "lr_ref_params", q->lr_ref_params);
+    json_str(&j, "loss_arg", q->loss_arg);
     json_num(&j, "nbeta", r->nbeta);
     json_num(&j, "localization", s->localization);
     json_int(&j, "chains", s->chains);
@@ -5409,7 +5589,10 @@ static int write_output(const char *path, int interrupted, void (*write)(FILE *,
         write(af.f, ctx);
         rc = atomic_commit(&af);
     }
-    if (rc == 0 && interrupted) warn("interrupted: partial results are in %s; %s is unchanged", target, path);
+    if (rc == 0 && interrupted) {
+        if (file_exists(path)) warn("interrupted: partial results are in %s; %s is unchanged", target, path);
+        else warn("interrupted: partial results are in %s", target);
+    }
     if (target != path) free(target);
     return rc;
 }
@@ -5432,8 +5615,8 @@ static void write_trace_csv_cb(FILE *f, const void *ctx) {
 
 /* Prints the diagnostics in one line on stderr, and a warning for each sign
  * that the estimate cannot be trusted. */
-static void report_diagnostics(const LlcResult *r, const char *loss) {
-    char noise[48] = "";
+static void report_diagnostics(const LlcResult *r, const char *loss, int self_reference) {
+    char noise[48] = "", ratio[64] = "one batch, so no noise estimate";
     if (g_quiet == 0 || r->not_minimum || r->n_below_init) {
         if (isfinite(r->grad_noise)) snprintf(noise, sizeof noise, ", noise %.2g", r->grad_noise);
         fprintf(stderr, "%s: diagnostics: gradient norm at w* %.3g%s (%s), MALA acceptance %.3f, split-R-hat %.3f, "
@@ -5441,13 +5624,26 @@ static void report_diagnostics(const LlcResult *r, const char *loss) {
                 g_program, r->grad_norm, noise, r->not_minimum ? "w* is not a minimum" : "w* looks like a minimum",
                 r->mala_mean, r->r_hat, r->flat ? "flat" : "not flat", r->n_below_init, r->chains);
     }
+    if (isfinite(r->grad_noise) && r->grad_noise > 0)
+        snprintf(ratio, sizeof ratio, "%.0f times its noise", r->grad_norm / r->grad_noise);
+    else if (isfinite(r->grad_noise))
+        snprintf(ratio, sizeof ratio, "the same on every batch");
     if (r->not_minimum)
-        warn("w* is not a local minimum of the %s loss (mean gradient norm %.3g, %.0f times its noise), so SGLD "
-             "drifts downhill and the LLC comes out low or negative; the kl and mse losses are minimal at w*",
-             loss, r->grad_norm, isfinite(r->grad_noise) && r->grad_noise > 0 ? r->grad_norm / r->grad_noise : 0.0);
+        warn("w* is not a local minimum of the %s loss (mean gradient norm %.3g, %s): the LLC assumes a minimum, "
+             "and the estimate depends on where the chains drift (it can come out negative)%s", loss, r->grad_norm,
+             ratio, self_reference && !strcmp(loss, "ce")
+                        ? "; the kl loss to the model itself is zero at w*, with zero gradient" : "");
     if (r->n_below_init)
-        warn("%d of %d chains have a mean loss below init_loss (a negative LLC): they are still descending from w*",
-             r->n_below_init, r->chains);
+        warn("%d of %d %s a mean loss below init_loss (a negative LLC): %s still descending from w*",
+             r->n_below_init, r->chains, r->n_below_init == 1 ? "chain has" : "chains have",
+             r->n_below_init == 1 ? "it is" : "they are");
+    if (r->mala_mean < 0.5)
+        warn("the MALA acceptance is %.2f: steps this large sample the tempered posterior poorly; a smaller --lr "
+             "(see llc calibrate) gives acceptances near 0.9 or above", r->mala_mean);
+    if (!r->flat && isfinite(r->second_half_change))
+        warn("the mean loss still moves in the second half of the draws (by %.3g, std %.3g): the chains have not "
+             "settled; more --draws, a --burnin or a --localization above 0 help", r->second_half_change,
+             r->second_half_std);
 }
 
 /* Runs an estimate request; returns the exit status (0, 1, or 130). */
@@ -5465,13 +5661,14 @@ static int estimate_job(const EstimateRequest *q) {
     EstimateOutput out;
     Rng rng;
     int has_teacher, status = 0, i;
-    char bytes_text[32], limit_text[32], time_text[32];
+    char bytes_text[32], limit_text[32], time_text[32], teacher_used[4096];
 
     /* size first: refuse what does not fit before allocating it */
     if (model_peek(q->model_path, &cfg, &n_params, &n_fixed) != 0) return 1;
     memset(&info, 0, sizeof info);
     info.q = q;
-    info.memory_bytes = estimate_memory_bytes(&cfg, n_params, n_fixed, s.chains, s.threads, s.batch, q->n_samples);
+    info.memory_bytes =
+        estimate_memory_bytes(&cfg, n_params, n_fixed, s.chains, s.draws, s.threads, s.batch, q->n_samples);
     if (info.memory_bytes > q->max_memory) {
         fprintf(stderr, "%s: %s needs about %s of memory, more than the limit of %s (--max-memory); use fewer "
                         "--threads or --samples, or raise --max-memory\n", g_program, q->model_path,
@@ -5481,7 +5678,7 @@ static int estimate_job(const EstimateRequest *q) {
     }
 
     load_model_or_exit(&m, q->model_path);
-    has_teacher = load_teacher(&teacher, &m, q->model_path, q->teacher_path);
+    has_teacher = load_teacher(&teacher, &m, q->model_path, q->teacher_path, teacher_used, sizeof teacher_used);
     loss = resolve_loss(q->loss_arg, &m, has_teacher, "estimate");
     s.lr = info.lr = scaled_lr(q->s.lr, q->lr_scale, m.n_params, q->lr_ref_params);
     s.nbeta = q->s.nbeta;
@@ -5497,6 +5694,9 @@ static int estimate_job(const EstimateRequest *q) {
             return 1;
         }
         info.n_samples = data.n;
+        if (s.batch > data.n)
+            warn("%s has %d sequences, fewer than --batch %d: every minibatch is the whole file (nbeta still "
+                 "follows --batch)", q->inputs, data.n, s.batch);
     } else {
         dataset_random(&data, &m.cfg, q->n_samples, &rng);
     }
@@ -5527,10 +5727,13 @@ static int estimate_job(const EstimateRequest *q) {
         else
             for (j = 0; j < 5; j++) nbetas[j] = sgld_default_nbeta(s.batch) * pow(10.0, (j - 2) / 2.0);
         progress("--lr auto: calibrating over %d step sizes x %d nbeta values", 6, n_nbetas);
-        if (calibrate(&problem, &short_chains, lrs, 6, nbetas, n_nbetas, &cal) != 0) die("calibration failed");
+        if (calibrate(&problem, &short_chains, lrs, 6, nbetas, n_nbetas, &cal) < 0) die("invalid calibration settings");
         if (g_interrupted || cal.best < 0) {
-            if (!g_interrupted)
-                fprintf(stderr, "%s: --lr auto: %s; give --lr instead\n", g_program, cal.explanation);
+            if (g_interrupted)
+                warn("interrupted during the calibration of --lr auto: nothing is written");
+            else
+                fprintf(stderr, "%s: --lr auto found no stable settings (%s); run llc calibrate to see the grid, "
+                                "or give --lr\n", g_program, cal.explanation);
             calibration_free(&cal);
             dataset_free(&data);
             if (has_teacher) model_free(&teacher);
@@ -5545,7 +5748,7 @@ static int estimate_job(const EstimateRequest *q) {
     if (llc_estimate(&problem, &s, &r) != 0) die("invalid SGLD settings");
     info.m = &m;
     info.teacher_path = NULL;
-    if (has_teacher) info.teacher_path = q->teacher_path ? q->teacher_path : model_meta(&m, "teacher");
+    if (has_teacher) info.teacher_path = teacher_used;
     info.loss = loss_name(loss);
     info.n_nonzero = model_count_nonzero(&m);
     info.peak_memory_bytes = peak_memory_bytes();
@@ -5601,8 +5804,12 @@ static int estimate_job(const EstimateRequest *q) {
             warn("chain %d diverged: non-finite loss or gradient at step %d, during burn-in; it is left out of "
                  "llc_mean", i, r.diverged_step[i]);
     }
-    if (r.n_diverged == r.chains) warn("every chain diverged, so there is no estimate; try a smaller --lr");
-    report_diagnostics(&r, loss_name(loss));
+    if (!isfinite(r.init_loss))
+        warn("the loss at w* is %g, so there is no estimate: the model's outputs are not finite at its own "
+             "weights (see llc run --raw)", r.init_loss);
+    else if (r.n_diverged == r.chains)
+        warn("every chain diverged, so there is no estimate; try a smaller --lr");
+    report_diagnostics(&r, loss_name(loss), !has_teacher);
     if (r.unchanged_fraction_nonzero > 0.5)
         warn("%.0f %% of the updates of parameters that are non-zero at w* rounded to no change in %s (lr %g is "
              "below their precision); the float64 build llc64 (make DOUBLE=1) resolves them",
@@ -5688,6 +5895,13 @@ static int cmd_estimate(int argc, char **argv) {
     if (q.lr_auto && strcmp(q.lr_scale, "none") != 0) usage_error(&cmd, "--lr auto cannot be combined with --lr-scale");
     q.max_memory = max_memory ? parse_bytes(max_memory) : available_memory_bytes();
     if (q.max_memory <= 0) usage_error(&cmd, "--max-memory must be a size such as 8G or 512M, got \"%s\"", max_memory);
+    if (!q.inputs && q.s.batch > q.n_samples)
+        usage_error(&cmd, "--batch %d is larger than --samples %d; use a batch of at most the samples", q.s.batch,
+                    q.n_samples);
+    if (q.json_path && q.trace_path && (!strcmp(q.json_path, q.trace_path) || same_file(q.json_path, q.trace_path)))
+        usage_error(&cmd, "--json and --trace name the same file %s; give them different files", q.json_path);
+    if ((q.json_path && check_writable(q.json_path) != 0) || (q.trace_path && check_writable(q.trace_path) != 0))
+        return 1;
     return estimate_job(&q);
 }
 
@@ -5878,10 +6092,13 @@ static int cmd_distill(int argc, char **argv) {
     g_quiet = quiet;
     if (!out) usage_error(&cmd, "missing -o STUDENT");
     if (!isfinite(ds.shrink)) usage_error(&cmd, "missing --shrink F");
+    if (same_file(out, pos[0])) usage_error(&cmd, "-o %s is the teacher itself; choose another file", out);
+    if (check_writable(out) != 0 || (json_path && check_writable(json_path) != 0)) return 1;
 
     load_model_or_exit(&teacher, pos[0]);
     rng_seed(&rng, ds.seed);
     student_init(&student, &teacher, ds.shrink, pos[0], &rng);
+    record_teacher(&student, pos[0], out);
     progress("student of %s: d_model %d -> %d, d_mlp %d -> %d, %zu parameters", pos[0], teacher.cfg.d_model,
              student.cfg.d_model, teacher.cfg.d_mlp, student.cfg.d_mlp, student.n_params);
     install_sigint_handler();
@@ -5899,6 +6116,7 @@ static int cmd_distill(int argc, char **argv) {
     printf("held-out     %d inputs: loss %.6g, agreement %.4f\n", ds.eval_samples, r.eval_loss, r.agreement);
     printf("restored     %s (agreement %s %g)\n", r.restored ? "yes" : "no", r.restored ? ">=" : "<",
            ds.restored_at);
+    if (r.interrupted) printf("incomplete   interrupted after %d of %d steps\n", r.steps_done, ds.steps);
     printf("time         %.1f s\n", r.seconds);
 
     if (status == 0) {
@@ -5944,6 +6162,7 @@ enum { MAX_SHRINKS = 16 };
 
 typedef struct {
     char program[32];
+    char teacher_loss[8];
     double llc_mean[MAX_SHRINKS + 1];   /* [0] the teacher, [1 + k] the student of shrink k */
     double llc_std[MAX_SHRINKS + 1];
     double distill_loss[MAX_SHRINKS + 1];
@@ -5974,7 +6193,8 @@ static int cmd_study_distill(int argc, char **argv) {
         {"--out", OPT_STRING, &out_dir, 0, 0, 0, "DIR", "folder for models, tables and plots", NULL},
         {"--weights", OPT_STRING, &weights, 0, 0, 0, "DIR", "folder of shipped models and compile.py", NULL},
         {"--teacher-loss", OPT_STRING, &teacher_loss_name, 0, 0, 0, "NAME",
-         "loss of the teacher's LLC: auto (ce, or mse for numerical outputs), ce, mse or kl", "auto|ce|mse|kl"},
+         "loss of the teacher's LLC: auto (kl to itself, mse for numerical outputs), ce, mse or kl",
+         "auto|ce|mse|kl"},
         {"--distill-steps", OPT_INT, &ds.steps, 1, 1e8, 0, "N", "Adam steps per student", NULL},
         {"--distill-lr", OPT_REAL, &ds.lr, 0, INFINITY, 1, "LR", "Adam step size", NULL},
         {"--distill-batch", OPT_INT, &ds.batch, 1, 1e6, 0, "N", "random inputs per Adam step", NULL},
@@ -5984,6 +6204,9 @@ static int cmd_study_distill(int argc, char **argv) {
     char *programs[9], path[4096];
     StudyRow rows[9];
     AtomicFile af;
+    FILE *csv;
+    char *csv_text = NULL;
+    size_t csv_len = 0;
 
     sgld_defaults(&s);
     distill_defaults(&ds);
@@ -6006,8 +6229,9 @@ static int cmd_study_distill(int argc, char **argv) {
     install_sigint_handler();
     memset(rows, 0, sizeof rows);
 
-    if (atomic_open(&af, (snprintf(path, sizeof path, "%s/distill.csv", out_dir), path)) != 0) return 1;
-    fprintf(af.f, "program,max_seq_len,model,shrink,d_model,d_mlp,n_params,n_nonzero,loss,llc_mean,llc_std,"
+    csv = open_memstream(&csv_text, &csv_len);
+    if (!csv) die("out of memory for the results table");
+    fprintf(csv, "program,max_seq_len,model,shrink,d_model,d_mlp,n_params,n_nonzero,loss,llc_mean,llc_std,"
                   "init_loss,diverged_chains,distill_loss_name,distill_loss,agreement,restored,path\n");
 
     for (i = 0; i < n_programs && !g_interrupted; i++) {
@@ -6022,6 +6246,7 @@ static int cmd_study_distill(int argc, char **argv) {
             return 1;
         load_model_or_exit(&teacher, teacher_path);
         teacher_loss = resolve_loss(teacher_loss_name, &teacher, 0, "study-distill");
+        snprintf(row->teacher_loss, sizeof row->teacher_loss, "%s", loss_name(teacher_loss));
         progress("%s: teacher LLC (%s loss)", programs[i], loss_name(teacher_loss));
         estimate_on_random_inputs(&teacher, &teacher, teacher_loss, &s, n_samples, &r);
         row->llc_mean[0] = r.llc_mean;
@@ -6029,7 +6254,7 @@ static int cmd_study_distill(int argc, char **argv) {
         row->distill_loss[0] = 0.0;
         row->trace[0] = xmalloc((size_t)s.draws * sizeof(double), "a trace");
         mean_trace(&r, row->trace[0]);
-        fprintf(af.f, "%s,%d,teacher,,%d,%d,%zu,%zu,%s,%.9g,%.9g,%.9g,%d,,,,,%s\n", programs[i], max_seq_len,
+        fprintf(csv, "%s,%d,teacher,,%d,%d,%zu,%zu,%s,%.9g,%.9g,%.9g,%d,,,,,%s\n", programs[i], max_seq_len,
                 teacher.cfg.d_model, teacher.cfg.d_mlp, teacher.n_params, model_count_nonzero(&teacher),
                 loss_name(teacher_loss), r.llc_mean, r.llc_std, r.init_loss, r.n_diverged, teacher_path);
         llc_result_free(&r);
@@ -6045,6 +6270,7 @@ static int cmd_study_distill(int argc, char **argv) {
             progress("%s: distilling the student of shrink %g", programs[i], shrinks[k]);
             rng_seed(&rng, ds.seed);
             student_init(&student, &teacher, shrinks[k], teacher_path, &rng);
+            record_teacher(&student, teacher_path, student_path);
             if (distill(&teacher, &student, &ds, &dr) != 0 || dr.interrupted) {
                 model_free(&student);
                 status = dr.interrupted ? 130 : 1;
@@ -6061,7 +6287,7 @@ static int cmd_study_distill(int argc, char **argv) {
             row->restored[1 + k] = dr.restored;
             row->trace[1 + k] = xmalloc((size_t)s.draws * sizeof(double), "a trace");
             mean_trace(&r, row->trace[1 + k]);
-            fprintf(af.f, "%s,%d,student,%g,%d,%d,%zu,%zu,%s,%.9g,%.9g,%.9g,%d,%s,%.9g,%.6f,%s,%s\n", programs[i],
+            fprintf(csv, "%s,%d,student,%g,%d,%d,%zu,%zu,%s,%.9g,%.9g,%.9g,%d,%s,%.9g,%.6f,%s,%s\n", programs[i],
                     max_seq_len, shrinks[k], student.cfg.d_model, student.cfg.d_mlp, student.n_params,
                     model_count_nonzero(&student), loss_name(dr.loss), r.llc_mean, r.llc_std, r.init_loss,
                     r.n_diverged, loss_name(dr.loss), dr.eval_loss, dr.agreement, dr.restored ? "true" : "false",
@@ -6073,10 +6299,15 @@ static int cmd_study_distill(int argc, char **argv) {
         if (status) break;
     }
     if (g_interrupted) status = 130;
+    fclose(csv);
+    snprintf(path, sizeof path, "%s/distill.csv%s", out_dir, status == 130 ? ".incomplete" : "");
+    if (atomic_open(&af, path) != 0) return 1;
+    fwrite(csv_text, 1, csv_len, af.f);
+    free(csv_text);
     if (atomic_commit(&af) != 0) return 1;
 
     /* Markdown table shaped like the study's: one row per program. */
-    snprintf(path, sizeof path, "%s/distill.md", out_dir);
+    snprintf(path, sizeof path, "%s/distill.md%s", out_dir, status == 130 ? ".incomplete" : "");
     if (atomic_open(&af, path) != 0) return 1;
     fprintf(af.f, "| program | Teacher |");
     for (k = 0; k < n_shrinks; k++) fprintf(af.f, " %g %% shrunk |", 100 * shrinks[k]);
@@ -6094,16 +6325,26 @@ static int cmd_study_distill(int argc, char **argv) {
         }
         fprintf(af.f, "\n");
     }
-    fprintf(af.f, "\nLLC mean ± std over %d chains (%d draws, lr %g, batch %d). \"restored\": the student agrees "
-                  "with the teacher on at least %g %% of held-out positions.\n",
-            s.chains, s.draws, s.lr, s.batch, 100 * ds.restored_at);
+    fprintf(af.f, "\nLLC mean ± std over %d chains (%d draws, lr %g, batch %d). The teachers' LLC uses the %s "
+                  "loss%s; the students' uses the KL to their teacher (squared error for numerical outputs). "
+                  "\"restored\": the student agrees with the teacher on at least %g %% of held-out positions.\n",
+            s.chains, s.draws, s.lr, s.batch, !strcmp(teacher_loss_name, "auto") ? "kl" : teacher_loss_name,
+            !strcmp(teacher_loss_name, "ce") ? " on their own argmax labels" : " to themselves",
+            100 * ds.restored_at);
     if (atomic_commit(&af) != 0) return 1;
+    if (status == 130) {
+        warn("interrupted: the finished rows are in %s/distill.csv.incomplete and %s/distill.md.incomplete; no "
+             "plots are drawn", out_dir, out_dir);
+        for (i = 0; i < n_programs; i++)
+            for (k = 0; k <= n_shrinks; k++) free(rows[i].trace[k]);
+        return status;
+    }
 
     /* Plots: traces per program, then LLC and distillation loss against shrink. */
     {
         double *draw_x = xmalloc((size_t)s.draws * sizeof(double), "draw numbers");
         PlotSeries series[MAX_SHRINKS + 1], by_shrink[18];
-        char labels[MAX_SHRINKS + 1][48], title[128];
+        char labels[MAX_SHRINKS + 1][96], title[128];
         double *llc_all = xcalloc((size_t)n_programs * n_shrinks, sizeof(double), "series");
         double *loss_all = xcalloc((size_t)n_programs * n_shrinks, sizeof(double), "series");
         double *teacher_line = xcalloc((size_t)n_programs * n_shrinks, sizeof(double), "series");
@@ -6114,8 +6355,9 @@ static int cmd_study_distill(int argc, char **argv) {
             int n_series = 0;
             for (k = 0; k <= n_shrinks; k++) {
                 if (!rows[i].trace[k]) continue;
-                if (k == 0) snprintf(labels[k], sizeof labels[k], "teacher");
-                else snprintf(labels[k], sizeof labels[k], "student, %g %% shrunk", 100 * shrinks[k - 1]);
+                if (k == 0) snprintf(labels[k], sizeof labels[k], "teacher (%s loss)", rows[i].teacher_loss);
+                else snprintf(labels[k], sizeof labels[k], "student, %g %% shrunk (kl to the teacher)",
+                              100 * shrinks[k - 1]);
                 memset(&series[n_series], 0, sizeof series[0]);
                 series[n_series].label = labels[k];
                 series[n_series].x = draw_x;
@@ -6199,10 +6441,11 @@ static int cmd_landscape(int argc, char **argv) {
         "power iteration, and the loss is evaluated on an N x N grid w* + a d1 + b d2, a and b in\n"
         "[-span, span]. Several models (a teacher and its students) share one colour scale.",
         1, MAX_LANDSCAPES,
-        "The loss is chosen per model as in llc estimate (--loss auto): ce for a categorical\n"
-        "teacher, kl against the teacher for a student, mse for numerical outputs. --loss kl\n"
-        "puts teachers and students on the same loss. The default span is 1 parameter unit,\n"
-        "or 0.1 with --scale norm (a and b in units of ||w*||).\n"};
+        "--loss auto is ce for a categorical model without a teacher (the KL to itself has zero\n"
+        "gradient at w* and so no principal directions), kl against the teacher for a student,\n"
+        "and mse for numerical outputs. When the gradients at w* do not vary (every batch is at\n"
+        "a minimum), seeded random orthogonal directions are used and labelled so. The default\n"
+        "span is 1 parameter unit, or 0.1 with --scale norm (a and b in units of ||w*||).\n"};
     LandscapeSettings ls;
     double span = NAN;
     int n_samples = 512, quiet = 0, log_color = 0, n_models, i, j, status = 0;
@@ -6244,6 +6487,9 @@ static int cmd_landscape(int argc, char **argv) {
     if ((long)ls.batches * ls.batch > n_samples)
         usage_error(&cmd, "--samples (%d) must be at least --batches * --batch (%ld)", n_samples,
                     (long)ls.batches * ls.batch);
+    if ((csv_path && check_writable(csv_path)) || (json_path && check_writable(json_path)) ||
+        (svg_path && check_writable(svg_path)))
+        return 1;
     install_sigint_handler();
 
     for (i = 0; i < n_models; i++) {
@@ -6255,8 +6501,11 @@ static int cmd_landscape(int argc, char **argv) {
         Rng rng;
         int has_teacher, rc;
         load_model_or_exit(&m, paths[i]);
-        has_teacher = load_teacher(&teacher, &m, paths[i], teacher_arg);
-        loss = resolve_loss(loss_arg, &m, has_teacher, "landscape");
+        has_teacher = load_teacher(&teacher, &m, paths[i], teacher_arg, NULL, 0);
+        /* auto: the KL to the model itself has zero gradient at w*, which gives no directions, so a
+         * teacher without a reference uses the cross-entropy on its own labels */
+        if (!strcmp(loss_arg, "auto") && !has_teacher && m.cfg.output_kind == OUTPUT_CATEGORICAL) loss = LOSS_CE;
+        else loss = resolve_loss(loss_arg, &m, has_teacher, "landscape");
         rng_seed(&rng, ls.seed);
         dataset_random(&d, &m.cfg, n_samples, &rng);
         dataset_label(&d, has_teacher ? &teacher : &m, ls.batch);
@@ -6272,8 +6521,16 @@ static int cmd_landscape(int argc, char **argv) {
         titles[i] = paths[i];
         loss_names[i] = loss_name(loss);
         printf("model        %s (%s loss)\n", paths[i], loss_name(loss));
-        printf("directions   PC1 %.1f %%, PC2 %.1f %% of the gradient variance, %.4f degrees apart\n",
-               100 * lands[i].variance_share[0], 100 * lands[i].variance_share[1], lands[i].angle_degrees);
+        if (lands[i].random_directions)
+            printf("directions   %s random: the minibatch gradients at w* have no variance along %s (w* is a "
+                   "minimum of every batch's %s loss); %.4f degrees apart\n",
+                   lands[i].random_directions == 2 ? "both" : "PC2", lands[i].random_directions == 2 ? "any direction"
+                   : "a second direction", loss_name(loss), lands[i].angle_degrees);
+        else
+            printf("directions   PC1 %.1f %%, PC2 %.1f %% of the gradient variance, %.4f degrees apart\n",
+                   100 * lands[i].variance_share[0], 100 * lands[i].variance_share[1], lands[i].angle_degrees);
+        if (lands[i].random_directions) warn("%s: random directions, because the gradients at w* do not vary",
+                                             paths[i]);
         printf("loss         %.6g at w*, from %.6g to %.6g on the grid\n", lands[i].centre_loss, lands[i].min_loss,
                lands[i].max_loss);
         printf("time         %.1f s\n", lands[i].seconds);
@@ -6327,6 +6584,7 @@ static int cmd_landscape(int argc, char **argv) {
             json_num(&js, NULL, l->variance_share[1]);
             json_array_end(&js);
             json_num(&js, "angle_degrees", l->angle_degrees);
+            json_int(&js, "random_directions", l->random_directions);
             json_num(&js, "w_norm", l->w_norm);
             json_num(&js, "centre_loss", l->centre_loss);
             json_num(&js, "min_loss", l->min_loss);
@@ -6379,7 +6637,7 @@ static int cmd_calibrate(int argc, char **argv) {
         "swamps it for small batches. Writes the grid with --csv and a plot of the LLC against the\n"
         "step size per nbeta with --svg (unstable points drawn as crosses).\n"};
     SgldSettings s;
-    double nbeta_unused = NAN, lrs[32], nbetas[32];
+    double lrs[32], nbetas[32];
     int n_samples = 1024, quiet = 0, n_lrs, n_nbetas, i, j, status = 0, has_teacher;
     const char *lr_grid = "1e-7,1e-6,1e-5,1e-4,1e-3,1e-2", *nbeta_grid = NULL, *loss_arg = "auto",
                *teacher_arg = NULL, *csv_path = NULL, *svg_path = NULL;
@@ -6387,7 +6645,7 @@ static int cmd_calibrate(int argc, char **argv) {
         {"--lr-grid", OPT_STRING, &lr_grid, 0, 0, 0, "EPS,...", "step sizes to try", NULL},
         {"--nbeta-grid", OPT_STRING, &nbeta_grid, 0, 0, 0, "NB,...",
          "nbeta values to try (default: batch / ln(batch) times 0.1, 0.32, 1, 3.2 and 10)", NULL},
-        SGLD_OPTIONS_BUT_LR(s, nbeta_unused, n_samples),
+        SGLD_CHAIN_OPTIONS(s, n_samples),
         {"--loss", OPT_STRING, &loss_arg, 0, 0, 0, "NAME", "loss: auto, ce, mse or kl", "auto|ce|mse|kl"},
         {"--teacher", OPT_STRING, &teacher_arg, 0, 0, 0, "FILE", "reference model for labels and the KL loss", NULL},
         {"--csv", OPT_STRING, &csv_path, 0, 0, 0, "FILE", "write the grid as CSV", NULL},
@@ -6407,7 +6665,6 @@ static int cmd_calibrate(int argc, char **argv) {
     s.draws = 100;
     parse_args(&cmd, opts, argc, argv, pos);
     g_quiet = quiet;
-    if (isfinite(nbeta_unused)) usage_error(&cmd, "use --nbeta-grid to set the nbeta values");
     n_lrs = parse_number_list(lr_grid, lrs, 32);
     if (n_lrs < 1) usage_error(&cmd, "--lr-grid must be a list of up to 32 numbers, got \"%s\"", lr_grid);
     for (i = 0; i < n_lrs; i++)
@@ -6422,8 +6679,12 @@ static int cmd_calibrate(int argc, char **argv) {
         for (j = 0; j < 5; j++) nbetas[j] = sgld_default_nbeta(s.batch) * pow(10.0, (j - 2) / 2.0);
     }
 
+    if (s.batch > n_samples)
+        usage_error(&cmd, "--batch %d is larger than --samples %d; use a batch of at most the samples", s.batch,
+                    n_samples);
+    if ((csv_path && check_writable(csv_path)) || (svg_path && check_writable(svg_path))) return 1;
     load_model_or_exit(&m, pos[0]);
-    has_teacher = load_teacher(&teacher, &m, pos[0], teacher_arg);
+    has_teacher = load_teacher(&teacher, &m, pos[0], teacher_arg, NULL, 0);
     rng_seed(&rng, s.seed);
     dataset_random(&d, &m.cfg, n_samples, &rng);
     dataset_label(&d, has_teacher ? &teacher : &m, s.batch < n_samples ? s.batch : n_samples);
@@ -6433,7 +6694,7 @@ static int cmd_calibrate(int argc, char **argv) {
     mp.max_batch = s.batch < n_samples ? s.batch : n_samples;
     p = model_problem(&mp);
     install_sigint_handler();
-    if (calibrate(&p, &s, lrs, n_lrs, nbetas, n_nbetas, &cal) != 0) die("calibration failed");
+    if (calibrate(&p, &s, lrs, n_lrs, nbetas, n_nbetas, &cal) < 0) die("invalid calibration settings");
     if (g_interrupted) {
         warn("interrupted: no files are written");
         return 130;
@@ -6447,7 +6708,8 @@ static int cmd_calibrate(int argc, char **argv) {
                    cal.stable[k] ? "stable" : cal.reason[k], k == cal.best ? "  <- recommended" : "");
         }
     if (cal.best >= 0) printf("recommended  --lr %g --nbeta %g\n%s\n", cal.lr, cal.nbeta, cal.explanation);
-    else printf("no recommendation: %s\n", cal.explanation);
+    else printf("no recommendation: %s; try smaller step sizes (--lr-grid), more --draws, or a --localization "
+                "above 0\n", cal.explanation);
 
     if (csv_path) {
         AtomicFile af;
@@ -6587,6 +6849,11 @@ static int job_sizes(const char *program, int max_seq_len, const char *weights, 
     if (file_exists(path)) return model_peek(path, &z->cfg, &z->n_params, &z->n_fixed);
 
     snprintf(script, sizeof script, "%s/compile.py", weights);
+    if (!file_exists(script)) {
+        fprintf(stderr, "%s: %s not found, so the size of %s at max_seq_len %d is unknown (set --weights to the "
+                        "tracr_weights folder)\n", g_program, script, program, max_seq_len);
+        return -1;
+    }
     snprintf(n_text, sizeof n_text, "%d", max_seq_len);
     args[0] = "python3";
     args[1] = script;
@@ -6648,9 +6915,15 @@ static int write_skipped_job(const char *path, const SweepJob *job, const Estima
     json_num(&j, "base_lr", job->base_lr);
     json_str(&j, "lr_scale", q->lr_scale);
     json_num(&j, "lr_ref_params", q->lr_ref_params);
+    json_str(&j, "loss_arg", q->loss_arg);
     json_num(&j, "nbeta", q->s.nbeta > 0 ? q->s.nbeta : sgld_default_nbeta(q->s.batch));
+    json_num(&j, "localization", q->s.localization);
     json_int(&j, "chains", q->s.chains);
     json_int(&j, "draws", q->s.draws);
+    json_int(&j, "burnin", q->s.burnin);
+    json_int(&j, "every", q->s.every);
+    json_int(&j, "batch", q->s.batch);
+    json_int(&j, "samples", q->n_samples);
     json_int(&j, "seed", (long long)q->s.seed);
     json_object_end(&j);
     json_object_end(&j);
@@ -6667,12 +6940,59 @@ static int job_finished(const char *path) {
     int done = 0;
     if (!text) return 0;
     if (json_parse(text, len, &v, &error) == 0) {
+        const char *status = json_string(&v, "status");
         complete = json_get(&v, "complete");
         done = complete && complete->type == JSON_BOOL && complete->number == 1;
+        /* a job skipped for its size is sized again, in case the memory limit changed */
+        if (status && !strncmp(status, "skipped", 7)) done = 0;
         json_value_free(&v);
     }
     free(text);
     return done;
+}
+
+/* Compares the settings recorded in a finished job's JSON with a request,
+ * so that a rerun never mixes results made with other settings. Returns 0
+ * when they match, else -1 with the first difference in why. */
+static int job_settings_match(const char *path, const EstimateRequest *q, double base_lr, char *why, size_t n) {
+    size_t len;
+    char *text = read_file(path, &len);
+    JsonValue v;
+    const JsonValue *st;
+    const char *error, *loss;
+    double nbeta = q->s.nbeta > 0 ? q->s.nbeta : sgld_default_nbeta(q->s.batch);
+    struct { const char *key; double want; } numbers[] = {
+        {"base_lr", base_lr}, {"lr_ref_params", q->lr_ref_params}, {"nbeta", nbeta},
+        {"localization", q->s.localization}, {"chains", q->s.chains}, {"draws", q->s.draws},
+        {"burnin", q->s.burnin}, {"every", q->s.every}, {"batch", q->s.batch}, {"samples", q->n_samples},
+        {"seed", (double)q->s.seed}};
+    size_t k;
+    int rc = 0;
+    if (!text || json_parse(text, len, &v, &error) != 0) {
+        free(text);
+        return 0;   /* unreadable: job_finished already calls it unfinished */
+    }
+    free(text);
+    st = json_get(&v, "settings");
+    for (k = 0; k < sizeof numbers / sizeof numbers[0] && rc == 0; k++) {
+        double got = json_number(st, numbers[k].key, NAN);
+        if (!(fabs(got - numbers[k].want) <= 1e-9 * fabs(numbers[k].want))) {
+            snprintf(why, n, "%s %g there, %g now", numbers[k].key, got, numbers[k].want);
+            rc = -1;
+        }
+    }
+    loss = json_string(st, "loss_arg");
+    if (rc == 0 && (!loss || strcmp(loss, q->loss_arg) != 0)) {
+        snprintf(why, n, "--loss %s there, %s now", loss ? loss : "unknown", q->loss_arg);
+        rc = -1;
+    }
+    if (rc == 0 && (!json_string(st, "lr_scale") || strcmp(json_string(st, "lr_scale"), q->lr_scale) != 0)) {
+        snprintf(why, n, "--lr-scale %s there, %s now", json_string(st, "lr_scale") ? json_string(st, "lr_scale")
+                                                                                    : "unknown", q->lr_scale);
+        rc = -1;
+    }
+    json_value_free(&v);
+    return rc;
 }
 
 typedef struct {
@@ -6727,6 +7047,13 @@ static int collect_results(const char *dir, int *n_bad) {
             continue;
         }
         free(text);
+        if (!json_string(&v, "program") || !json_get(&v, "settings") ||
+            !isfinite(json_number(json_get(&v, "settings"), "lr", NAN))) {
+            warn("%s is not a job result (it lacks program, settings or lr); it is left out", path);
+            json_value_free(&v);
+            (*n_bad)++;
+            continue;
+        }
         if (n == cap) {
             cap = cap ? 2 * cap : 64;
             rows = realloc(rows, (size_t)cap * sizeof *rows);
@@ -6736,7 +7063,9 @@ static int collect_results(const char *dir, int *n_bad) {
         memset(r, 0, sizeof *r);
         settings = json_get(&v, "settings");
         diverged = json_get(&v, "diverged_chains");
-        snprintf(r->program, sizeof r->program, "%s", json_string(&v, "program") ? json_string(&v, "program") : "");
+        snprintf(r->program, sizeof r->program, "%s", json_string(&v, "program"));
+        for (i = 0; r->program[i]; i++)
+            if (r->program[i] == ',' || r->program[i] == '\n') r->program[i] = ';';   /* keep the CSV well formed */
         r->max_seq_len = (int)json_number(&v, "max_seq_len", 0);
         r->n_params = json_number(&v, "n_params", NAN);
         r->n_nonzero = json_number(&v, "n_nonzero", NAN);
@@ -6905,7 +7234,7 @@ static int cmd_sweep(int argc, char **argv) {
         {"--samples", OPT_INT, &q.n_samples, 1, 1e8, 0, "N", "random input sequences", NULL},
         {"--seed", OPT_U64, &q.s.seed, 0, 0, 0, "N", "seed of every job's inputs and SGLD noise", NULL},
         {"--threads", OPT_INT, &q.s.threads, 0, 4096, 0, "N",
-         "worker threads per job, 0 = one per core (--emit-jobs: default 1)", NULL},
+         "worker threads per job, 0 = one per core (with --emit-jobs, 0 means 1)", NULL},
         {"--loss", OPT_STRING, &q.loss_arg, 0, 0, 0, "NAME", "loss: auto, ce, mse or kl", "auto|ce|mse|kl"},
         {"--max-memory", OPT_STRING, &max_memory, 0, 0, 0, "BYTES",
          "skip jobs needing more (e.g. 8G; default: available memory)", NULL},
@@ -6917,7 +7246,6 @@ static int cmd_sweep(int argc, char **argv) {
         {NULL, OPT_FLAG, NULL, 0, 0, 0, NULL, NULL, NULL}};
 
     estimate_request_defaults(&q);
-    q.s.threads = -1;
     parse_args(&cmd, opts, argc, argv, NULL);
     g_quiet = quiet;
     check_sgld_steps(&cmd, &q.s);
@@ -6926,8 +7254,8 @@ static int cmd_sweep(int argc, char **argv) {
     if (!out_dir) usage_error(&cmd, "missing --out DIR");
     n_lengths = parse_lengths(lengths_text, lengths, MAX_SWEEP_LENGTHS);
     if (n_lengths < 1)
-        usage_error(&cmd, "--lengths must be like 4:100, 4:100:2 or 5,10,20 with values from 1, got \"%s\"",
-                    lengths_text);
+        usage_error(&cmd, "--lengths must be like 4:100, 4:100:2 or 5,10,20, with A <= B in A:B and values from 1, "
+                          "got \"%s\"", lengths_text);
     n_lrs = parse_number_list(lr_text, lrs, MAX_SWEEP_LRS);
     if (n_lrs < 1) usage_error(&cmd, "--lr must be a list of up to %d numbers, got \"%s\"", MAX_SWEEP_LRS, lr_text);
     for (k = 0; k < n_lrs; k++)
@@ -6935,12 +7263,16 @@ static int cmd_sweep(int argc, char **argv) {
     programs_copy = xstrdup(programs_text);
     for (tok = strtok_r(programs_copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         if (!is_tracr_program(tok)) usage_error(&cmd, "unknown program \"%s\" in --programs", tok);
+        if (is_numerical_program(tok) && (!strcmp(q.loss_arg, "ce") || !strcmp(q.loss_arg, "kl")))
+            usage_error(&cmd, "--loss %s needs categorical outputs, and %s has a numerical one (use --loss auto or "
+                              "mse, or leave %s out)", q.loss_arg, tok, tok);
         if (n_programs == MAX_SWEEP_PROGRAMS) usage_error(&cmd, "--programs lists more than 9 programs");
         programs[n_programs++] = tok;
     }
     q.s.nbeta = isfinite(nbeta) ? nbeta : 0.0;
-    if (emit && q.s.threads < 0) emit_threads = 1;
-    else emit_threads = q.s.threads < 0 ? 0 : q.s.threads;
+    /* jobs emitted for a parallel runner each take one thread unless told otherwise */
+    if (emit && q.s.threads == 0) emit_threads = 1;
+    else emit_threads = q.s.threads;
     q.s.threads = emit_threads;
     q.max_memory = max_memory ? parse_bytes(max_memory) : available_memory_bytes();
     if (q.max_memory <= 0) usage_error(&cmd, "--max-memory must be a size such as 8G or 512M, got \"%s\"", max_memory);
@@ -6962,10 +7294,19 @@ static int cmd_sweep(int argc, char **argv) {
                 job.program = programs[i];
                 job.max_seq_len = lengths[l];
                 job.base_lr = lrs[k];
-                snprintf(job.name, sizeof job.name, "%s_n%d_lr%g%s%s", job.program, job.max_seq_len, job.base_lr,
-                         strcmp(q.lr_scale, "none") ? "_" : "", strcmp(q.lr_scale, "none") ? q.lr_scale : "");
+                /* the shortest form that reads back as the same lr, so distinct step sizes get distinct files */
+                snprintf(job.name, sizeof job.name, "%s_n%d_lr%s%s%s", job.program, job.max_seq_len,
+                         format_double(job.base_lr, bytes_text, sizeof bytes_text), strcmp(q.lr_scale, "none") ? "_" : "",
+                         strcmp(q.lr_scale, "none") ? q.lr_scale : "");
                 snprintf(json_path, sizeof json_path, "%s/%s.json", jobs_dir, job.name);
                 if (job_finished(json_path)) {
+                    char why[160];
+                    if (job_settings_match(json_path, &q, job.base_lr, why, sizeof why) != 0) {
+                        fprintf(stderr, "%s: %s was made with other settings (%s); use another --out folder, or "
+                                        "delete %s to start over\n", g_program, json_path, why, jobs_dir);
+                        free(programs_copy);
+                        return 1;
+                    }
                     n_done++;
                     continue;
                 }
@@ -6975,7 +7316,7 @@ static int cmd_sweep(int argc, char **argv) {
                     n_failed++;
                     continue;
                 }
-                memory = estimate_memory_bytes(&z.cfg, z.n_params, z.n_fixed, q.s.chains,
+                memory = estimate_memory_bytes(&z.cfg, z.n_params, z.n_fixed, q.s.chains, q.s.draws,
                                                emit ? 1 : q.s.threads, q.s.batch, q.n_samples);
                 if (memory > q.max_memory) {
                     char text[160];
@@ -7023,8 +7364,14 @@ static int cmd_sweep(int argc, char **argv) {
                 }
                 if (rc == 130) break;
                 /* a job whose chains all diverged still has its row, with status "diverged" */
-                if (job_finished(json_path)) n_run++;
-                else n_failed++;
+                if (job_finished(json_path)) {
+                    char stale[4500];
+                    snprintf(stale, sizeof stale, "%s.incomplete", json_path);
+                    remove(stale);   /* partial results of an earlier interrupted run of this job */
+                    n_run++;
+                } else {
+                    n_failed++;
+                }
                 if (collect_results(out_dir, &n_bad) < 0) status = 1;
             }
 

@@ -114,7 +114,7 @@ typedef struct {
 /* One tensor of a model: where its values sit in the parameter arena. */
 typedef struct {
     char name[64];
-    int rows, cols;    /* a 1-D tensor has rows == 1 */
+    int rows, cols;    /* a 1-D tensor (a bias) has rows == 1, and so can a matrix when d_model is 1 */
     size_t numel;
     int trainable;
     size_t offset;     /* into Model.params when trainable, else Model.fixed */
@@ -248,7 +248,8 @@ typedef struct {
     double second_half_slope;   /* per draw, of the mean loss trace over chains in the second half of the draws */
     double second_half_change;  /* that slope times the number of draws in the second half */
     double second_half_std;     /* standard deviation of the mean loss trace there */
-    int flat;              /* |second_half_change| <= second_half_std */
+    int flat;              /* the chains' slopes are within 3 standard errors of 0 (one chain: settled) */
+    int settled;           /* the stricter |second_half_change| <= second_half_std, used by calibration */
     int n_below_init;      /* chains whose mean draw loss is below init_loss (a negative LLC) */
 } LlcResult;
 
@@ -282,6 +283,7 @@ typedef struct {
     double centre_loss;        /* loss at w* */
     double min_loss, max_loss; /* over the grid */
     real *d1, *d2;             /* [n_params] unit directions */
+    int random_directions;     /* directions drawn at random because the gradients had no variance along them */
     double seconds;
 } Landscape;
 

@@ -8,10 +8,12 @@ Prints one line per test: "ok NAME", "FAIL NAME: why" or "skip NAME: why".
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 import xml.etree.ElementTree as ET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,8 +93,10 @@ def test_estimate_json():
     expect(len(data["llc_chains"]) == 3, "llc_chains has the wrong length")
     expect(len(data["loss_trace"]) == 3 and all(len(t) == 20 for t in data["loss_trace"]), "trace shape")
     expect(data["diverged_chains"] == [], f"diverged {data['diverged_chains']}")
-    # draw 0 is the loss at w* on the chain's first batch, before any update
-    expect(all(t[0] > 0 for t in data["loss_trace"]), "draw 0 is not a positive loss")
+    # draw 0 is the loss at w* on the chain's first batch, before any update: the KL of the model to itself, 0
+    expect(data["loss"] == "kl", f"default loss {data['loss']}")
+    expect(all(t[0] == 0 for t in data["loss_trace"]), "draw 0 is not the zero KL at w*")
+    expect(data["init_loss"] == 0, f"init_loss {data['init_loss']}")
     chains = data["llc_chains"]
     mean = sum(chains) / 3
     expect(abs(mean - data["llc_mean"]) < 1e-6 * max(1, abs(mean)), "llc_mean is not the mean of llc_chains")
@@ -248,6 +252,84 @@ def test_estimate_interrupt_keeps_previous_output():
     expect(not leftovers, f"temporary files left behind: {leftovers}")
 
 
+def interrupt_after(args, marker, timeout=120):
+    """Starts llc with args, sends SIGINT once a stderr line contains marker; returns (status, stdout, stderr)."""
+    proc = subprocess.Popen((LLC,) + tuple(str(a) for a in args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if marker in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    try:
+        stdout, rest = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError(f"llc {args[0]} did not stop within {timeout} s of SIGINT")
+    return proc.returncode, stdout, "".join(lines) + rest
+
+
+def test_calibrate_interrupt():
+    csv_path = os.path.join(TMP, "cal_interrupted.csv")
+    status, _, stderr = interrupt_after(("calibrate", SORT5, "--draws", 2000, "--csv", csv_path), "calibration:")
+    expect(status == 130, f"exit status {status}, expected 130: {stderr[-300:]}")
+    expect(not os.path.exists(csv_path), "an interrupted calibration wrote its grid")
+
+
+def test_study_distill_interrupt():
+    out = os.path.join(TMP, "study_interrupted")
+    status, stdout, stderr = interrupt_after(("study-distill", "sort", "--out", out, "--draws", 20, "--chains", 2),
+                                             "distilling")
+    expect(status == 130, f"exit status {status}, expected 130: {stderr[-300:]}")
+    expect(os.path.exists(os.path.join(out, "distill.csv.incomplete")), os.listdir(out))
+    expect(not os.path.exists(os.path.join(out, "distill.csv")), "distill.csv written by an interrupted study")
+    expect("interrupted" in stderr and "wrote" not in stdout, f"{stdout} {stderr[-300:]}")
+
+
+def test_distill_refuses_its_teacher_as_output():
+    copy = os.path.join(TMP, "teacher_copy.llcw")
+    shutil.copy(SORT5, copy)
+    result = llc("distill", copy, "-o", copy, "--shrink", 0.5, "--steps", 5)
+    expect_status(result, 2, "is the teacher itself")
+    with open(copy, "rb") as a, open(SORT5, "rb") as b:
+        expect(a.read() == b.read(), "the teacher was overwritten")
+
+
+def test_student_finds_teacher_after_moving():
+    folder = os.path.join(TMP, "pair")
+    os.makedirs(os.path.join(folder, "students"), exist_ok=True)
+    teacher = os.path.join(folder, "hist.llcw")
+    shutil.copy(os.path.join(WEIGHTS, "hist_n5.llcw"), teacher)
+    student = os.path.join(folder, "students", "s.llcw")
+    expect(llc("distill", teacher, "-o", student, "--shrink", 0.5, "--steps", 5, "--quiet").returncode == 0,
+           "distill failed")
+    info = json.loads(llc("info", student, "--json").stdout)
+    expect(info["meta"]["teacher"] == "../hist.llcw", f"recorded teacher {info['meta']['teacher']}")
+    moved = os.path.join(TMP, "moved_pair")
+    shutil.rmtree(moved, ignore_errors=True)
+    shutil.move(folder, moved)
+    result = llc("estimate", os.path.join(moved, "students", "s.llcw"), "--chains", 2, "--draws", 3, "--quiet")
+    expect(result.returncode == 0, f"the moved student lost its teacher: {result.stderr.strip()[-300:]}")
+    os.remove(os.path.join(moved, "hist.llcw"))
+    result = llc("estimate", os.path.join(moved, "students", "s.llcw"), "--chains", 2, "--draws", 3)
+    expect_status(result, 1, "the teacher recorded in", "--teacher FILE")
+
+
+def test_json_and_trace_must_differ():
+    same = os.path.join(TMP, "same.out")
+    expect_status(llc("estimate", SORT5, "--json", same, "--trace", same), 2, "same file")
+
+
+def test_outputs_checked_before_work():
+    start = time.time()
+    result = llc("estimate", SORT5, "--draws", 100000, "--json", os.path.join(TMP, "no_such_folder", "x.json"))
+    expect_status(result, 1, "no_such_folder", "does not exist")
+    expect(time.time() - start < 10, "the output folder was checked only after the work")
+    expect_status(llc("estimate", SORT5, "--batch", 64, "--samples", 10), 2, "--batch 64", "--samples 10")
+
+
 def test_bad_model_file_keeps_output():
     bad = os.path.join(TMP, "bad.llcw")
     with open(bad, "wb") as f:
@@ -316,6 +398,11 @@ def test_landscape_centre_is_minimum_of_kl():
     # KL of the model to itself is 0 at w* and positive elsewhere
     data = json.load(open(landscape([SORT5], "--loss", "kl")["json"]))["landscapes"][0]
     expect(abs(data["centre_loss"]) <= 1e-6, f"KL at w* is {data['centre_loss']}")
+    # every gradient at w* is zero, so there are no principal directions
+    expect(data["random_directions"] == 2, f"random_directions {data['random_directions']}")
+    expect(data["variance_share"] == [None, None], f"variance_share {data['variance_share']}")
+    expect(abs(data["angle_degrees"] - 90) < 1e-3, f"angle {data['angle_degrees']}")
+    expect(data["max_loss"] > 0, "the KL is zero on the whole grid")
     expect(data["min_loss"] >= -1e-7, f"KL below zero: {data['min_loss']}")
 
 

@@ -535,6 +535,37 @@ static void test_gradient_student(void) {
     model_free(&teacher);
 }
 
+/* A student with d_model 1 still gets random weight matrices (one row each),
+ * zero biases, and survives a save and a load. */
+static void test_student_one_row_matrices(void) {
+    Model teacher, student, loaded;
+    Rng rng;
+    int k;
+    char path[] = "/tmp/llc_test_student_d1.llcw";
+    make_random_model(&teacher, 2, 1, 20, 3, 20, 5, 6, 4, OUTPUT_CATEGORICAL, 0, 1.0, 3);
+    rng_seed(&rng, 2);
+    student_init(&student, &teacher, 0.95, "teacher.llcw", &rng);
+    CHECK(student.cfg.d_model == 1, "d_model %d, expected 1", student.cfg.d_model);
+    for (k = 0; k < student.n_tensors; k++) {
+        const TensorInfo *t = &student.tensors[k];
+        size_t j, nonzero = 0;
+        for (j = 0; j < t->numel; j++) nonzero += student.params[t->offset + j] != 0;
+        if (model_tensor_is_bias(&student.cfg, k))
+            CHECK(nonzero == 0, "bias %s starts non-zero", t->name);
+        else
+            CHECK(nonzero == t->numel, "matrix %s has %zu of %zu entries non-zero", t->name, nonzero, t->numel);
+    }
+    CHECK(model_save(&student, path) == 0, "model_save failed");
+    CHECK(model_load(&loaded, path) == 0, "the saved student does not load");
+    if (!g_failed) {
+        CHECK(loaded.n_params == student.n_params, "n_params %zu vs %zu", loaded.n_params, student.n_params);
+        model_free(&loaded);
+    }
+    remove(path);
+    model_free(&student);
+    model_free(&teacher);
+}
+
 static void test_student_shapes(void) {
     CHECK(shrink_dim(50, 0.48) == 26, "50 shrunk by 0.48 is %d, expected 26", shrink_dim(50, 0.48));
     CHECK(shrink_dim(25, 0.48) == 13, "25 shrunk by 0.48 is %d, expected 13", shrink_dim(25, 0.48));
@@ -1380,6 +1411,7 @@ int main(int argc, char **argv) {
     run_test("gradient tracr models", test_gradient_tracr_models);
     run_test("gradient distilled student", test_gradient_student);
     run_test("student shapes", test_student_shapes);
+    run_test("student one-row matrices", test_student_one_row_matrices);
     run_test("loss values", test_loss_values);
     run_test("adam two steps", test_adam_two_steps);
     run_test("default nbeta", test_default_nbeta);

@@ -101,14 +101,24 @@ def test_sweep_resumes_after_kill():
         expect(match and match[0] == row, f"row {row['program']} {row['max_seq_len']} changed")
 
 
+def test_sweep_refuses_other_settings():
+    folder = direct_sweep()
+    before = open(os.path.join(folder, "results.csv")).read()
+    changed = [a if a != "8" else "9" for a in SMALL]   # --draws 9 instead of 8
+    result = llc("sweep", *changed, "--out", folder)
+    expect(result.returncode == 1 and "other settings" in result.stderr and "draws" in result.stderr,
+           f"exit {result.returncode}: {result.stderr.strip()[-300:]}")
+    expect(open(os.path.join(folder, "results.csv")).read() == before, "results.csv changed")
+
+
 def test_emit_jobs_matches_direct():
     folder = os.path.join(TMP, "emitted")
     emitted = llc("sweep", *SMALL, "--out", folder, "--emit-jobs")
     expect(emitted.returncode == 0, emitted.stderr[-300:])
     lines = emitted.stdout.strip().split("\n")
     expect(len(lines) == 6 and all(" estimate " in line and "--json" in line for line in lines), emitted.stdout)
-    run = subprocess.run("xargs -P 2 -I CMD sh -c CMD", shell=True, input=emitted.stdout, capture_output=True,
-                         text=True)
+    run = subprocess.run("xargs -d '\\n' -P 2 -I CMD sh -c CMD", shell=True, input=emitted.stdout,
+                         capture_output=True, text=True)
     expect(run.returncode == 0, run.stderr[-300:])
     collected = llc("collect", folder)
     expect(collected.returncode == 0, collected.stderr)
@@ -127,6 +137,40 @@ def test_oversize_job_skipped_up_front():
     expect(status.startswith("skipped: needs about") and "GB of memory" in status, status)
     expect(rows["100"]["n_params"] == "3188201042", f"n_params {rows['100']['n_params']}")
     expect(not os.path.exists(os.path.join(folder, "models", "sort_freq_n100.llcw")), "the model was compiled")
+
+
+def test_skipped_job_retried_with_more_memory():
+    folder = os.path.join(TMP, "retry")
+    args = ["sweep", "--programs", "hist", "--lengths", "5", "--draws", "4", "--chains", "2", "--samples", "64",
+            "--quiet", "--out", folder]
+    first = llc(*args, "--max-memory", "1M")
+    expect(first.returncode == 0, first.stderr[-300:])
+    expect(read_rows(folder)[0]["status"].startswith("skipped"), "the job was not skipped at 1M")
+    second = llc(*args, "--max-memory", "8G")
+    expect(second.returncode == 0, second.stderr[-300:])
+    rows = read_rows(folder)
+    expect(len(rows) == 1 and rows[0]["status"] == "ok", f"rows after raising the limit: {rows}")
+
+
+def test_close_step_sizes_get_own_rows():
+    folder = os.path.join(TMP, "close_lrs")
+    result = llc("sweep", "--programs", "hist", "--lengths", "5", "--lr", "1e-5,1.0000001e-5", "--draws", "4",
+                 "--chains", "2", "--samples", "64", "--quiet", "--out", folder)
+    expect(result.returncode == 0, result.stderr[-300:])
+    lrs = sorted(r["lr"] for r in read_rows(folder))
+    expect(len(lrs) == 2 and lrs[0] != lrs[1], f"rows for lr: {lrs}")
+
+
+def test_collect_skips_junk():
+    folder = direct_sweep()
+    junk = os.path.join(folder, "jobs", "junk.json")
+    with open(junk, "w") as f:
+        f.write("[1, 2]")
+    result = llc("collect", folder)
+    os.remove(junk)
+    expect(result.returncode == 1 and "junk.json" in result.stderr, result.stderr)
+    expect(len(read_rows(folder)) == 6, "the junk file became a row")
+    llc("collect", folder)
 
 
 def test_lr_scale_linear():
