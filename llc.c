@@ -3089,8 +3089,8 @@ static void *chain_worker(void *arg) {
  * unshuffled batches. The gradient statistics use the first K = min(16,
  * batches) of them: the norm of their mean gradient and its standard error
  * sqrt(trace(covariance) / K). At a minimum of the loss the mean
- * gradient is noise of about that size; far above it, SGLD drifts downhill
- * from w* and the LLC comes out negative. */
+ * gradient is noise of about that size. Far above it, w* is not a minimum,
+ * which the LLC assumes. */
 static void loss_at_w_star(const LlcProblem *p, const SgldSettings *s, LlcResult *r) {
     int n_batches = (p->n_samples + s->batch - 1) / s->batch, k, nb;
     int use = s->chains < n_batches ? s->chains : n_batches;
@@ -3696,8 +3696,10 @@ static void student_init(Model *s, const Model *t, double shrink, const char *te
     for (k = 0; k < s->n_tensors; k++) {
         const TensorInfo *ti = &s->tensors[k];
         real *v = s->params + ti->offset;
-        double std = model_tensor_is_bias(&s->cfg, k) ? 0.0 : k < 2 ? 1.0 : 1.0 / sqrt((double)ti->rows);
+        double std = 1.0 / sqrt((double)ti->rows);   /* a weight matrix */
         size_t j;
+        if (k < 2) std = 1.0;                           /* the embeddings */
+        if (model_tensor_is_bias(&s->cfg, k)) std = 0.0;
         for (j = 0; j < ti->numel; j++) v[j] = (real)(std * rng_normal(rng));
     }
 }
@@ -4173,7 +4175,10 @@ static int nice_ticks(double lo, double hi, int max_ticks, double *ticks) {
     }
     raw = span / max_ticks;
     mag = pow(10.0, floor(log10(raw)));
-    step = raw / mag <= 1 ? mag : raw / mag <= 2 ? 2 * mag : raw / mag <= 5 ? 5 * mag : 10 * mag;
+    if (raw / mag <= 1) step = mag;
+    else if (raw / mag <= 2) step = 2 * mag;
+    else if (raw / mag <= 5) step = 5 * mag;
+    else step = 10 * mag;
     for (t = ceil(lo / step - 1e-9) * step; t <= hi + step * 1e-9 && n < 32; t += step)
         ticks[n++] = fabs(t) < step * 1e-9 ? 0.0 : t;
     return n;
@@ -4385,7 +4390,7 @@ static const unsigned char viridis[9][3] = {{68, 1, 84},   {71, 45, 123},  {59, 
                                              {94, 201, 98},  {173, 220, 48}, {253, 231, 37}};
 
 static void viridis_color(double t, char *out) {
-    double x = (t < 0 ? 0 : t > 1 ? 1 : t) * 8;
+    double x = 8 * fmin(fmax(t, 0.0), 1.0);
     int i = x >= 8 ? 7 : (int)x, c;
     double frac = x - i;
     int rgb[3];
