@@ -3402,6 +3402,10 @@ static int calibrate(const LlcProblem *p, const SgldSettings *base, const double
                 return -1;
             }
             g_quiet = quiet;
+            if (g_interrupted) {
+                llc_result_free(&r);
+                return 1;
+            }
             cal->llc_mean[k] = r.llc_mean;
             cal->llc_std[k] = r.llc_std;
             cal->mala[k] = r.mala_mean;
@@ -3439,6 +3443,10 @@ static int calibrate(const LlcProblem *p, const SgldSettings *base, const double
         g_quiet = 1;
         llc_estimate(p, &s, &r);
         g_quiet = quiet;
+        if (g_interrupted) {
+            llc_result_free(&r);
+            return 1;
+        }
         if (r.n_diverged)
             snprintf(cal->reason[k], sizeof cal->reason[k], "%d %s diverged in a 4x longer check", r.n_diverged,
                      r.n_diverged == 1 ? "chain" : "chains");
@@ -6702,7 +6710,8 @@ static int cmd_calibrate(int argc, char **argv) {
     if (calibrate(&p, &s, lrs, n_lrs, nbetas, n_nbetas, &cal) < 0) die("invalid calibration settings");
     if (g_interrupted) {
         warn("interrupted: no files are written");
-        return 130;
+        status = 130;
+        goto done;
     }
 
     printf("%-10s %-10s %-12s %-8s %s\n", "lr", "nbeta", "llc_mean", "MALA", "status");
@@ -6718,7 +6727,10 @@ static int cmd_calibrate(int argc, char **argv) {
 
     if (csv_path) {
         AtomicFile af;
-        if (atomic_open(&af, csv_path) != 0) return 1;
+        if (atomic_open(&af, csv_path) != 0) {
+            status = 1;
+            goto done;
+        }
         fprintf(af.f, "lr,nbeta,llc_mean,llc_std,mala_acceptance,r_hat,diverged_chains,second_half_flat,stable,"
                       "recommended,reason\n");
         for (i = 0; i < n_lrs; i++)
@@ -6775,6 +6787,8 @@ static int cmd_calibrate(int argc, char **argv) {
         free(llc);
         free(marked);
     }
+
+done:
     calibration_free(&cal);
     dataset_free(&d);
     if (has_teacher) model_free(&teacher);
@@ -7022,7 +7036,7 @@ static int compare_rows(const void *pa, const void *pb) {
 /* Merges the .json files of DIR/jobs into DIR/results.csv; returns the
  * number of rows, or -1. Files that do not parse are reported and left out. */
 static int collect_results(const char *dir, int *n_bad) {
-    char jobs_dir[4200], path[4400];
+    char jobs_dir[4200], path[4200 + 260];   /* the folder, a slash and a 255-byte name */
     DIR *d;
     struct dirent *e;
     ResultRow *rows = NULL;
