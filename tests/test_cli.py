@@ -16,27 +16,15 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LLC = os.path.join(os.environ.get("LLC_BUILD") or ROOT, "llc")
-WEIGHTS = os.path.join(ROOT, "tracr_weights")
+from harness import LLC, SVG, WEIGHTS, expect, llc, run_tests
+
 SORT5 = os.path.join(WEIGHTS, "sort_n5.llcw")
 sys.path.insert(0, WEIGHTS)
 
 import compile as tracr_compile  # noqa: E402  (needs the path set above)
 from convert import python_str  # noqa: E402
 
-failures = 0
 TMP = tempfile.mkdtemp(prefix="llc-cli-")
-SVG = "{http://www.w3.org/2000/svg}"
-
-
-def llc(*args):
-    return subprocess.run((LLC,) + tuple(str(a) for a in args), capture_output=True, text=True)
-
-
-def expect(condition, message):
-    if not condition:
-        raise AssertionError(message)
 
 
 def expect_status(result, status, *fragments):
@@ -567,25 +555,5 @@ def test_compiled_count_of_ten_is_low():
     expect(len(wrong) == 1 and wrong[0][1] == ["9"] * 10 + ["1"], f"hist gives {wrong}")
 
 
-TESTS = [(name[5:].replace("_", " "), fn) for name, fn in sorted(globals().items())
-         if name.startswith("test_") and callable(fn)]
-
-
-def main():
-    global failures
-    if not os.path.exists(LLC):
-        print(f"FAIL command line: {LLC} is not built (run make)")
-        return 1
-    for name, fn in TESTS:
-        try:
-            fn()
-            print(f"ok {name}")
-        except AssertionError as err:
-            failures += 1
-            print(f"FAIL {name}: {err}")
-        sys.stdout.flush()
-    return 1 if failures else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tests(globals(), "command line", TMP))

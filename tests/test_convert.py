@@ -17,28 +17,19 @@ import tempfile
 import types
 import zipfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REFERENCE = os.path.join(ROOT, "..", "shared", "tracr_reference", "models")
-CONVERT = os.path.join(ROOT, "tracr_weights", "convert.py")
-LLC = os.path.join(os.environ.get("LLC_BUILD") or ROOT, "llc")
-sys.path.insert(0, os.path.join(ROOT, "tracr_weights"))
+from harness import REFERENCE, WEIGHTS, Skip, expect, llc, run_tests
+
+MODELS = os.path.join(REFERENCE, "models")
+CONVERT = os.path.join(WEIGHTS, "convert.py")
+sys.path.insert(0, WEIGHTS)
 
 import convert  # noqa: E402  (needs the path set above)
 
 TMP = tempfile.mkdtemp(prefix="llc-convert-")
 
 
-class Skip(Exception):
-    pass
-
-
-def expect(condition, message):
-    if not condition:
-        raise AssertionError(message)
-
-
 def reference(name):
-    npz = os.path.join(REFERENCE, name + ".npz")
+    npz = os.path.join(MODELS, name + ".npz")
     if not os.path.exists(npz):
         raise Skip(f"reference model {npz} not found (../shared/tracr_reference is absent)")
     return npz, npz[:-4] + ".json"
@@ -53,7 +44,7 @@ def test_converted_model_loads():
     out = os.path.join(TMP, "hist.llcw")
     result = run_convert(npz, "-o", out)
     expect(result.returncode == 0, result.stderr)
-    info = json.loads(subprocess.run([LLC, "info", out, "--json"], capture_output=True, text=True).stdout)
+    info = json.loads(llc("info", out, "--json").stdout)
     expect(info["n_params"] == 1208 and info["n_nonzero"] == 74, f"sizes {info['n_params']} {info['n_nonzero']}")
     expect(info["output_dims"] == json.load(open(side))["output_residual_indices"], "output dims differ")
     expect(info["meta"]["source"] == "tracr", f"meta {info['meta']}")
@@ -68,7 +59,7 @@ def test_dense_version_1():
         expect(f.read(8)[4:] == b"\x01\x00\x00\x00", "the dense file is not version 1")
     with open(sparse, "rb") as f:
         expect(f.read(8)[4:] == b"\x02\x00\x00\x00", "the sparse file is not version 2")
-    diff = subprocess.run([LLC, "diff", dense, sparse, "--tol", "0"], capture_output=True, text=True)
+    diff = llc("diff", dense, sparse, "--tol", "0")
     expect(diff.returncode == 0, diff.stdout[-300:])
 
 
@@ -141,33 +132,12 @@ def test_export_tracr_model():
                                    side["compiler_pad"], program_name=side["program"])
         convert.convert(prefix + ".npz", prefix + ".json", prefix + ".llcw")
         convert.convert(npz, side_path, os.path.join(TMP, name + ".llcw"))
-        diff = subprocess.run([LLC, "diff", prefix + ".llcw", os.path.join(TMP, name + ".llcw"), "--tol", "0",
-                               "--quiet"], capture_output=True, text=True)
+        diff = llc("diff", prefix + ".llcw", os.path.join(TMP, name + ".llcw"), "--tol", "0", "--quiet")
         expect(diff.returncode == 0, f"{name}: {diff.stdout[-300:]}")
         exported = json.load(open(prefix + ".json"))
         for key in ("input_id_to_token", "output_residual_indices", "bos_id", "pad_id", "residual_labels"):
             expect(exported[key] == side[key], f"{name}: {key} {exported[key]} vs {side[key]}")
 
 
-TESTS = [(name[5:].replace("_", " "), fn) for name, fn in sorted(globals().items())
-         if name.startswith("test_") and callable(fn)]
-
-
-def main():
-    failures = 0
-    for name, fn in TESTS:
-        try:
-            fn()
-            print(f"ok {name}")
-        except Skip as why:
-            print(f"skip {name}: {why}")
-        except (AssertionError, OSError, ValueError, KeyError, convert.FormatError) as err:
-            failures += 1
-            print(f"FAIL {name}: {err}")
-        sys.stdout.flush()
-    shutil.rmtree(TMP, ignore_errors=True)
-    return 1 if failures else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tests(globals(), "converter", TMP))

@@ -9,26 +9,14 @@ Uses the reference cases in ../shared/tracr_reference when present.
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LLC = os.path.join(os.environ.get("LLC_BUILD") or ROOT, "llc")
-WEIGHTS = os.path.join(ROOT, "tracr_weights")
-CASES = os.path.join(ROOT, "..", "shared", "tracr_reference", "cases")
+from harness import REFERENCE, SVG, WEIGHTS, expect, llc, run_tests
+
+CASES = os.path.join(REFERENCE, "cases")
 TMP = tempfile.mkdtemp(prefix="llc-distill-")
-SVG = "{http://www.w3.org/2000/svg}"
-
-
-def llc(*args):
-    return subprocess.run((LLC,) + tuple(str(a) for a in args), capture_output=True, text=True)
-
-
-def expect(condition, message):
-    if not condition:
-        raise AssertionError(message)
 
 
 def distill(model, shrink, steps, name, *extra):
@@ -158,22 +146,5 @@ def test_study_distill_outputs():
             expect(label in texts, f"{name} lacks the text {label!r}")
 
 
-TESTS = [(name[5:].replace("_", " "), fn) for name, fn in sorted(globals().items())
-         if name.startswith("test_") and callable(fn)]
-
-
-def main():
-    failures = 0
-    for name, fn in TESTS:
-        try:
-            fn()
-            print(f"ok {name}")
-        except (AssertionError, ET.ParseError, OSError, ValueError) as err:
-            failures += 1
-            print(f"FAIL {name}: {err}")
-        sys.stdout.flush()
-    return 1 if failures else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tests(globals(), "distillation", TMP))

@@ -12,28 +12,23 @@ Prints one line per test: "ok NAME", "FAIL NAME: why" or "skip NAME: why".
 
 import glob
 import os
-import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LLC = os.path.join(os.environ.get("LLC_BUILD") or ROOT, "llc")
-WEIGHTS = os.path.join(ROOT, "tracr_weights")
+import harness
+import malformed
+from harness import LLC, ROOT, WEIGHTS, report
+
 SORT5 = os.path.join(WEIGHTS, "sort_n5.llcw")
 FRAC5 = os.path.join(WEIGHTS, "frac_prevs_n5.llcw")
 CRASHES = os.path.join(ROOT, "tests", "fuzz", "crashes")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import malformed  # noqa: E402  (needs the path set above)
 
 TMP = tempfile.mkdtemp(prefix="llc-malformed-")
 SANITIZER_MARKS = ("Sanitizer", "runtime error:", "==ERROR", "WARNING: AddressSanitizer")
-failures = 0
 
 
 def llc(*args, timeout=60):
-    return subprocess.run((LLC,) + tuple(str(a) for a in args), capture_output=True, text=True,
-                          timeout=timeout)
+    return harness.llc(*args, timeout=timeout)
 
 
 def check_rejection(result, path, fragment):
@@ -51,18 +46,6 @@ def check_rejection(result, path, fragment):
     if fragment not in lines[0]:
         return f"the message lacks {fragment!r}: {lines[0]}"
     return None
-
-
-def report(name, error=None, skipped=None):
-    global failures
-    if skipped:
-        print(f"skip {name}: {skipped}")
-    elif error:
-        failures += 1
-        print(f"FAIL {name}: {error}")
-    else:
-        print(f"ok {name}")
-    sys.stdout.flush()
 
 
 def run_malformed_corpus():
@@ -204,7 +187,7 @@ def main():
     for name, fn in sorted(globals().items()):
         if name.startswith("test_") and callable(fn):
             report(name[5:].replace("_", " "), fn())
-    return 1 if failures else 0
+    return 1 if harness.failures else 0
 
 
 if __name__ == "__main__":

@@ -17,29 +17,14 @@ import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REFERENCE = os.path.join(ROOT, "..", "shared", "tracr_reference")
-BUILD = os.environ.get("LLC_BUILD") or ROOT   # tests/run sets it for make sanitize
-LLC = os.path.join(BUILD, "llc")
-LLC64 = os.path.join(BUILD, "llc64")
-COMPILE = os.path.join(ROOT, "tracr_weights", "compile.py")
-sys.path.insert(0, os.path.join(ROOT, "tracr_weights"))
+import harness
+from harness import LLC, LLC64, REFERENCE, WEIGHTS, report
+
+COMPILE = os.path.join(WEIGHTS, "compile.py")
+sys.path.insert(0, WEIGHTS)
 
 from convert import python_str  # noqa: E402  (needs the path set above)
 
-failures = 0
-
-
-def report(name, error=None, skipped=None):
-    global failures
-    if skipped:
-        print(f"skip {name}: {skipped}")
-    elif error:
-        failures += 1
-        print(f"FAIL {name}: {error}")
-    else:
-        print(f"ok {name}")
-    sys.stdout.flush()
 
 
 def run(*args, check=True):
@@ -149,7 +134,7 @@ def check_compiled_equal_converted(models):
                 "--bos", side["compiler_bos"], "--pad", side["compiler_pad"], "-o", out)
             result = run(LLC, "diff", out, llcw, "--tol", "1e-6", "--quiet", check=False)
             if result.returncode != 0:
-                wrong.append(f"{name}: {result.stdout.strip().splitlines()[0]}")
+                wrong.append(f"{name}: {(result.stdout.strip() or result.stderr.strip()).splitlines()[0]}")
     if wrong:
         raise AssertionError(f"{len(wrong)} models differ, e.g. " + "; ".join(wrong[:3]))
 
@@ -195,7 +180,7 @@ def main():
             report(name)
         except AssertionError as err:
             report(name, str(err))
-    return 1 if failures else 0
+    return 1 if harness.failures else 0
 
 
 if __name__ == "__main__":

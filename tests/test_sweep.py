@@ -9,33 +9,18 @@ Compares sizes with ../shared/tracr_reference/sparsity.csv when present.
 import csv
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUILD = os.environ.get("LLC_BUILD") or ROOT   # tests/run sets it for make sanitize
-LLC = os.path.join(BUILD, "llc")
-LLC64 = os.path.join(BUILD, "llc64")
-WEIGHTS = os.path.join(ROOT, "tracr_weights")
-SPARSITY = os.path.join(ROOT, "..", "shared", "tracr_reference", "sparsity.csv")
+from harness import LLC, LLC64, REFERENCE, SVG, WEIGHTS, expect, llc, run_tests
+
+SPARSITY = os.path.join(REFERENCE, "sparsity.csv")
 TMP = tempfile.mkdtemp(prefix="llc-sweep-")
-SVG = "{http://www.w3.org/2000/svg}"
 SMALL = ["--programs", "hist,sort", "--lengths", "4:6", "--lr", "1e-5", "--draws", "8", "--chains", "2",
          "--samples", "64", "--quiet"]
-
-
-def llc(*args, binary=LLC):
-    return subprocess.run((binary,) + tuple(str(a) for a in args), capture_output=True, text=True)
-
-
-def expect(condition, message):
-    if not condition:
-        raise AssertionError(message)
 
 
 def read_rows(folder):
@@ -226,23 +211,5 @@ def test_sweep_usage_errors():
     expect(result.returncode == 2 and "--max-memory" in result.stderr, result.stderr)
 
 
-TESTS = [(name[5:].replace("_", " "), fn) for name, fn in sorted(globals().items())
-         if name.startswith("test_") and callable(fn)]
-
-
-def main():
-    failures = 0
-    for name, fn in TESTS:
-        try:
-            fn()
-            print(f"ok {name}")
-        except (AssertionError, ET.ParseError, OSError, ValueError, KeyError) as err:
-            failures += 1
-            print(f"FAIL {name}: {err!r}" if isinstance(err, KeyError) else f"FAIL {name}: {err}")
-        sys.stdout.flush()
-    shutil.rmtree(TMP, ignore_errors=True)
-    return 1 if failures else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tests(globals(), "sweep", TMP))
