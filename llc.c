@@ -181,32 +181,38 @@ static long long peak_memory_bytes(void) {
 #endif
 }
 
-/* Set by SIGINT; long loops finish their current step and stop. */
+/* Set by SIGINT or SIGTERM; long loops finish their current step and stop,
+ * and the command exits with status 130 either way. */
 static volatile sig_atomic_t g_interrupted = 0;
 
-/* The temporary file of the output being written, or NULL. A second SIGINT
+/* The temporary file of the output being written, or NULL. A second signal
  * removes it before ending the program, so no stray file is left. */
 static const char *volatile g_tmp_path = NULL;
 
-static void on_sigint(int sig) {
+static void on_interrupt(int sig) {
     if (g_interrupted) {
         const char *tmp = g_tmp_path;
         if (tmp) unlink(tmp);
-        signal(sig, SIG_DFL);   /* a second Ctrl-C ends the program at once */
+        signal(sig, SIG_DFL);   /* a second Ctrl-C or SIGTERM ends the program at once */
         raise(sig);
         return;
     }
     g_interrupted = 1;
 }
 
-/* Catches SIGINT unless it is ignored, as shells ignore it for background jobs. */
-static void install_sigint_handler(void) {
-    struct sigaction sa, old;
-    if (sigaction(SIGINT, NULL, &old) == 0 && old.sa_handler == SIG_IGN) return;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_sigint;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
+/* Catches SIGINT and SIGTERM, each unless it is ignored (shells ignore
+ * SIGINT for background jobs, and nohup-like wrappers may ignore more). */
+static void install_interrupt_handlers(void) {
+    static const int signals[2] = {SIGINT, SIGTERM};
+    int i;
+    for (i = 0; i < 2; i++) {
+        struct sigaction sa, old;
+        if (sigaction(signals[i], NULL, &old) == 0 && old.sa_handler == SIG_IGN) continue;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_interrupt;
+        sigemptyset(&sa.sa_mask);
+        sigaction(signals[i], &sa, NULL);
+    }
 }
 
 /* An output file written under a temporary name, flushed to disk and renamed
@@ -5301,9 +5307,8 @@ static int load_teacher(Model *teacher, const Model *m, const char *model_path, 
     return 1;
 }
 
-static LossKind resolve_loss(const char *name, const Model *m, int has_teacher, const char *cmd) {
+static LossKind resolve_loss(const char *name, const Model *m, const char *cmd) {
     int numerical = m->cfg.output_kind == OUTPUT_NUMERICAL;
-    (void)has_teacher;
     if (!strcmp(name, "auto")) return numerical ? LOSS_MSE : LOSS_KL;
     if (numerical && strcmp(name, "mse") != 0) {
         fprintf(stderr, "llc %s: --loss %s needs a categorical output, and this model's output is "
@@ -5692,7 +5697,7 @@ static int estimate_job(const EstimateRequest *q) {
 
     load_model_or_exit(&m, q->model_path);
     has_teacher = load_teacher(&teacher, &m, q->model_path, q->teacher_path, teacher_used, sizeof teacher_used);
-    loss = resolve_loss(q->loss_arg, &m, has_teacher, "estimate");
+    loss = resolve_loss(q->loss_arg, &m, "estimate");
     s.lr = info.lr = scaled_lr(q->s.lr, q->lr_scale, m.n_params, q->lr_ref_params);
     s.nbeta = q->s.nbeta;
     if (s.batch <= 1 && s.nbeta == 0) warn("batch size 1 gives the default nbeta 1 (B / ln B is undefined)");
@@ -5721,8 +5726,8 @@ static int estimate_job(const EstimateRequest *q) {
     mp.max_batch = s.batch < data.n ? s.batch : data.n;
     problem = model_problem(&mp);
     info.estimated_seconds = estimate_seconds(m.n_params, &m.cfg, &s, data.n);
-    /* before the first progress line, which tells a caller that SIGINT is handled */
-    install_sigint_handler();
+    /* before the first progress line, which tells a caller that SIGINT and SIGTERM are handled */
+    install_interrupt_handlers();
     progress("%s: %zu parameters, loss %s, %d chains x %d draws, lr %g; needs about %s of memory and %s",
              q->model_path, m.n_params, loss_name(loss), s.chains, s.draws, s.lr,
              format_bytes(info.memory_bytes, bytes_text, sizeof bytes_text),
@@ -5859,12 +5864,12 @@ static int cmd_estimate(int argc, char **argv) {
         "  ce   cross-entropy of the output logits against the reference's argmax labels\n"
         "  mse  squared error against the reference's values (categorical: one-hot labels)\n"
         "  kl   KL(reference || model) of the output distributions\n"
-        "  auto kl for a student with a teacher, mse for a numerical output, else ce\n"
+        "  auto mse for a numerical output, else kl\n"
         "The reference is the teacher when one is given or recorded in MODEL, else MODEL\n"
         "itself at w*. Inputs are random full-length sequences unless --inputs is given.\n"
         "--lr-scale divides --lr by n_params / --lr-ref-params (linear) or by its square\n"
         "(quadratic). Before starting, the memory need is estimated and a job above\n"
-        "--max-memory (default: the available memory) is refused. An interrupted run (Ctrl-C)\n"
+        "--max-memory (default: the available memory) is refused. An interrupted run (Ctrl-C or SIGTERM)\n"
         "writes its partial results to FILE.incomplete and exits with status 130.\n"};
     EstimateRequest q;
     double nbeta = NAN;
@@ -6112,9 +6117,9 @@ static int cmd_distill(int argc, char **argv) {
     rng_seed(&rng, ds.seed);
     student_init(&student, &teacher, ds.shrink, pos[0], &rng);
     record_teacher(&student, pos[0], out);
+    install_interrupt_handlers();   /* before the first progress line, as in estimate */
     progress("student of %s: d_model %d -> %d, d_mlp %d -> %d, %zu parameters", pos[0], teacher.cfg.d_model,
              student.cfg.d_model, teacher.cfg.d_mlp, student.cfg.d_mlp, student.n_params);
-    install_sigint_handler();
     status = distill(&teacher, &student, &ds, &r) == 0 ? 0 : 1;
     if (status == 0) model_set_meta(&student, "loss", loss_name(r.loss));
 
@@ -6239,7 +6244,7 @@ static int cmd_study_distill(int argc, char **argv) {
     if (make_dir(out_dir) != 0) return 1;
     weights = weights_dir(weights);
     ds.seed = s.seed;
-    install_sigint_handler();
+    install_interrupt_handlers();
     memset(rows, 0, sizeof rows);
 
     csv = open_memstream(&csv_text, &csv_len);
@@ -6258,7 +6263,7 @@ static int cmd_study_distill(int argc, char **argv) {
         if (find_or_compile_model(programs[i], max_seq_len, weights, out_dir, teacher_path, sizeof teacher_path))
             return 1;
         load_model_or_exit(&teacher, teacher_path);
-        teacher_loss = resolve_loss(teacher_loss_name, &teacher, 0, "study-distill");
+        teacher_loss = resolve_loss(teacher_loss_name, &teacher, "study-distill");
         snprintf(row->teacher_loss, sizeof row->teacher_loss, "%s", loss_name(teacher_loss));
         progress("%s: teacher LLC (%s loss)", programs[i], loss_name(teacher_loss));
         estimate_on_random_inputs(&teacher, &teacher, teacher_loss, &s, n_samples, &r);
@@ -6503,7 +6508,7 @@ static int cmd_landscape(int argc, char **argv) {
     if ((csv_path && check_writable(csv_path)) || (json_path && check_writable(json_path)) ||
         (svg_path && check_writable(svg_path)))
         return 1;
-    install_sigint_handler();
+    install_interrupt_handlers();
 
     for (i = 0; i < n_models; i++) {
         Model m, teacher;
@@ -6518,7 +6523,7 @@ static int cmd_landscape(int argc, char **argv) {
         /* auto: the KL to the model itself has zero gradient at w*, which gives no directions, so a
          * teacher without a reference uses the cross-entropy on its own labels */
         if (!strcmp(loss_arg, "auto") && !has_teacher && m.cfg.output_kind == OUTPUT_CATEGORICAL) loss = LOSS_CE;
-        else loss = resolve_loss(loss_arg, &m, has_teacher, "landscape");
+        else loss = resolve_loss(loss_arg, &m, "landscape");
         rng_seed(&rng, ls.seed);
         dataset_random(&d, &m.cfg, n_samples, &rng);
         dataset_label(&d, has_teacher ? &teacher : &m, ls.batch);
@@ -6703,10 +6708,10 @@ static int cmd_calibrate(int argc, char **argv) {
     dataset_label(&d, has_teacher ? &teacher : &m, s.batch < n_samples ? s.batch : n_samples);
     mp.m = &m;
     mp.data = &d;
-    mp.loss = resolve_loss(loss_arg, &m, has_teacher, "calibrate");
+    mp.loss = resolve_loss(loss_arg, &m, "calibrate");
     mp.max_batch = s.batch < n_samples ? s.batch : n_samples;
     p = model_problem(&mp);
-    install_sigint_handler();
+    install_interrupt_handlers();
     if (calibrate(&p, &s, lrs, n_lrs, nbetas, n_nbetas, &cal) < 0) die("invalid calibration settings");
     if (g_interrupted) {
         warn("interrupted: no files are written");
@@ -7300,7 +7305,7 @@ static int cmd_sweep(int argc, char **argv) {
     snprintf(models_dir, sizeof models_dir, "%s/models", out_dir);
     snprintf(jobs_dir, sizeof jobs_dir, "%s/jobs", out_dir);
     if (make_dir(out_dir) || make_dir(models_dir) || make_dir(jobs_dir)) return 1;
-    install_sigint_handler();
+    install_interrupt_handlers();
 
     for (i = 0; i < n_programs && !g_interrupted; i++)
         for (l = 0; l < n_lengths && !g_interrupted; l++)

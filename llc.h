@@ -228,14 +228,14 @@ typedef struct {
     double *llc_chain;     /* [chains] nbeta * (mean draws - init_loss); NaN if diverged */
     int *diverged_step;    /* [chains] first step with a non-finite loss or gradient, or -1 */
     int *diverged_draw;    /* [chains] draw index of that step (-1 during burn-in or no divergence) */
-    int *draws_done;       /* [chains] draws recorded (fewer than draws after SIGINT or divergence) */
+    int *draws_done;       /* [chains] draws recorded (fewer than draws after SIGINT, SIGTERM or divergence) */
     int n_diverged;
     double unchanged_fraction; /* share of parameter updates that rounded to no change */
     double unchanged_fraction_nonzero; /* the same among parameters that are non-zero at w* */
     double llc_mean;       /* over chains that did not diverge; NaN when none is left */
     double llc_std;        /* sample std (n - 1) over those chains; NaN for fewer than 2 */
     double seconds;
-    int interrupted;       /* stopped early by SIGINT */
+    int interrupted;       /* stopped early by SIGINT or SIGTERM */
 
     /* Diagnostics of whether the estimate can be trusted. */
     double grad_norm;      /* ||mean minibatch gradient|| of the loss at w* */

@@ -240,8 +240,8 @@ def test_estimate_interrupt_keeps_previous_output():
     expect(not leftovers, f"temporary files left behind: {leftovers}")
 
 
-def interrupt_after(args, marker, timeout=120):
-    """Starts llc with args, sends SIGINT once a stderr line contains marker; returns (status, stdout, stderr)."""
+def interrupt_after(args, marker, timeout=120, sig=signal.SIGINT):
+    """Starts llc with args, sends sig once a stderr line contains marker; returns (status, stdout, stderr)."""
     proc = subprocess.Popen((LLC,) + tuple(str(a) for a in args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
@@ -249,14 +249,43 @@ def interrupt_after(args, marker, timeout=120):
         lines.append(line)
         if marker in line:
             break
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     try:
         stdout, rest = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
-        raise AssertionError(f"llc {args[0]} did not stop within {timeout} s of SIGINT")
+        raise AssertionError(f"llc {args[0]} did not stop within {timeout} s of {signal.Signals(sig).name}")
     return proc.returncode, stdout, "".join(lines) + rest
+
+
+def test_distill_sigterm_keeps_student():
+    student = os.path.join(TMP, "sigterm_student.llcw")
+    report = os.path.join(TMP, "sigterm_student.json")
+    previous = b"previous student"
+    for path in (student, report):
+        with open(path, "wb") as f:
+            f.write(previous)
+    status, stdout, stderr = interrupt_after(("distill", SORT5, "-o", student, "--shrink", 0.5, "--steps", 10 ** 6,
+                                              "--json", report), "student of", sig=signal.SIGTERM)
+
+    expect(status == 130, f"exit status {status}, expected 130: {stderr[-300:]}")
+    for path in (student, report):
+        with open(path, "rb") as f:
+            expect(f.read() == previous, f"{path} was changed by the interrupted run")
+    info = llc("info", student + ".incomplete", "--json")
+    expect(info.returncode == 0, f"the partial student does not load: {info.stderr.strip()}")
+    expect("incomplete" in json.loads(info.stdout)["meta"], f"meta {json.loads(info.stdout)['meta']}")
+    data = json.load(open(report + ".incomplete"))
+    expect(data["complete"] is False, f"complete is {data['complete']}")
+    expect("interrupted after" in stdout, f"the summary does not say it was interrupted: {stdout[-300:]}")
+
+
+def test_landscape_interrupt():
+    csv_path = os.path.join(TMP, "landscape_interrupted.csv")
+    status, _, stderr = interrupt_after(("landscape", SORT5, "--grid", 301, "--csv", csv_path), "grid, ")
+    expect(status == 130, f"exit status {status}, expected 130: {stderr[-300:]}")
+    expect(not os.path.exists(csv_path), "an interrupted landscape wrote its grid")
 
 
 def test_calibrate_interrupt():
