@@ -52,7 +52,7 @@ def model_path(program, n):
 
 
 def torch_loss(path):
-    """The llc --loss that bench/sgld_torch.py computes for this model: ce, or mse for a numerical output."""
+    """Returns the llc --loss that bench/sgld_torch.py computes for this model: ce, or mse if numerical."""
     info = json.loads(run([LLC, "info", path, "--json"]))
     return "mse" if info["output"] == "numerical" else "ce"
 
