@@ -4878,8 +4878,13 @@ static char *relative_path(const char *target, const char *from_dir) {
         for (i = 0; t[i] && t[i] == f[i]; i++)
             if (t[i] == '/') common = i + 1;
         if (f[i] == 0 && t[i] == '/') common = i + 1;   /* from_dir is a prefix of target */
-        for (i = common; f[i]; i++) n_up += f[i] == '/';
-        if (f[common]) n_up++;
+
+        /* one "../" per folder of from_dir below the common prefix; when
+         * from_dir is the prefix itself, common is past its end and none */
+        if (common <= strlen(f)) {
+            for (i = common; f[i]; i++) n_up += f[i] == '/';
+            if (f[common]) n_up++;
+        }
         len = 3 * n_up + strlen(t + common) + 1;
         out = xmalloc(len, "a path");
         out[0] = 0;

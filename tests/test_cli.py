@@ -334,6 +334,20 @@ def test_student_finds_teacher_after_moving():
     expect_status(result, 1, "the teacher recorded in", "--teacher FILE")
 
 
+def test_student_in_working_folder_records_teacher():
+    folder = os.path.join(TMP, "cwd_pair")
+    os.makedirs(os.path.join(folder, "models"), exist_ok=True)
+    shutil.copy(SORT5, os.path.join(folder, "models", "sort.llcw"))
+    cases = [("s.llcw", "models/sort.llcw"), ("./s.llcw", "models/sort.llcw"),
+             ("models/s.llcw", "sort.llcw"), (os.path.join(folder, "s.llcw"), "models/sort.llcw")]
+    for student, recorded in cases:
+        result = subprocess.run((LLC, "distill", "models/sort.llcw", "-o", student, "--shrink", "0.5", "--steps", "5",
+                                 "--quiet"), cwd=folder, capture_output=True, text=True)
+        expect(result.returncode == 0, f"distill -o {student}: {result.stderr.strip()[-300:]}")
+        info = json.loads(llc("info", os.path.join(folder, student), "--json").stdout)
+        expect(info["meta"]["teacher"] == recorded, f"-o {student}: recorded teacher {info['meta']['teacher']}")
+
+
 def test_json_and_trace_must_differ():
     same = os.path.join(TMP, "same.out")
     expect_status(llc("estimate", SORT5, "--json", same, "--trace", same), 2, "same file")
