@@ -4879,8 +4879,8 @@ static char *relative_path(const char *target, const char *from_dir) {
             if (t[i] == '/') common = i + 1;
         if (f[i] == 0 && t[i] == '/') common = i + 1;   /* from_dir is a prefix of target */
 
-        /* one "../" per folder of from_dir below the common prefix; when
-         * from_dir is the prefix itself, common is past its end and none */
+        /* One "../" per folder of from_dir below the common prefix. When
+         * from_dir is the prefix itself, common is past its end, so none. */
         if (common <= strlen(f)) {
             for (i = common; f[i]; i++) n_up += f[i] == '/';
             if (f[common]) n_up++;
@@ -5648,7 +5648,7 @@ static void report_diagnostics(const LlcResult *r, const char *loss, int self_re
                 r->mala_mean, r->r_hat, r->flat ? "flat" : "not flat", r->n_below_init, r->chains);
     }
     if (isfinite(r->grad_noise) && r->grad_noise > 0)
-        snprintf(ratio, sizeof ratio, "%.0f times its noise", r->grad_norm / r->grad_noise);
+        snprintf(ratio, sizeof ratio, "%.1f times its noise", r->grad_norm / r->grad_noise);
     else if (isfinite(r->grad_noise))
         snprintf(ratio, sizeof ratio, "the same on every batch");
     if (r->not_minimum)
@@ -5725,13 +5725,19 @@ static int estimate_job(const EstimateRequest *q) {
     }
     dataset_label(&data, has_teacher ? &teacher : &m, s.batch < data.n ? s.batch : data.n);
 
+    /* labels in the file are targets, which only ce and mse fit */
+    if (data.labels_from_file && !strcmp(q->loss_arg, "auto") && loss == LOSS_KL) loss = LOSS_CE;
+    if (data.labels_from_file && loss == LOSS_KL)
+        warn("the labels in %s are not used, because the kl loss compares with the %s's output distribution; "
+             "use --loss ce to fit them", q->inputs, has_teacher ? "teacher" : "model");
+
     mp.m = &m;
     mp.data = &data;
     mp.loss = loss;
     mp.max_batch = s.batch < data.n ? s.batch : data.n;
     problem = model_problem(&mp);
     info.estimated_seconds = estimate_seconds(m.n_params, &m.cfg, &s, data.n);
-    /* before the first progress line, which tells a caller that SIGINT and SIGTERM are handled */
+    /* before the first progress line, so a caller that waits for that line can signal safely */
     install_interrupt_handlers();
     progress("%s: %zu parameters, loss %s, %d chains x %d draws, lr %g; needs about %s of memory and %s",
              q->model_path, m.n_params, loss_name(loss), s.chains, s.draws, s.lr,
@@ -5832,7 +5838,7 @@ static int estimate_job(const EstimateRequest *q) {
              "weights (see llc run --raw)", r.init_loss);
     else if (r.n_diverged == r.chains)
         warn("every chain diverged, so there is no estimate; try a smaller --lr");
-    report_diagnostics(&r, loss_name(loss), !has_teacher);
+    report_diagnostics(&r, loss_name(loss), !has_teacher && !data.labels_from_file);
     if (r.unchanged_fraction_nonzero > 0.5)
         warn("%.0f %% of the updates of parameters that are non-zero at w* rounded to no change in %s (lr %g is "
              "below their precision); the float64 build llc64 (make DOUBLE=1) resolves them",
@@ -5867,9 +5873,11 @@ static int cmd_estimate(int argc, char **argv) {
         1, 1,
         "Losses (mean over the non-BOS positions of a minibatch):\n"
         "  ce   cross-entropy of the output logits against the reference's argmax labels\n"
-        "  mse  squared error against the reference's values (categorical: one-hot labels)\n"
+        "       (the labels of --inputs when it gives them)\n"
+        "  mse  squared error against the reference's outputs (one-hot labels when --inputs\n"
+        "       gives them)\n"
         "  kl   KL(reference || model) of the output distributions\n"
-        "  auto mse for a numerical output, else kl\n"
+        "  auto mse for a numerical output, ce when --inputs gives labels, else kl\n"
         "The reference is the teacher when one is given or recorded in MODEL, else MODEL\n"
         "itself at w*. Inputs are random full-length sequences unless --inputs is given.\n"
         "--lr-scale divides --lr by n_params / --lr-ref-params (linear) or by its square\n"

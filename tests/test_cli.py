@@ -390,6 +390,21 @@ def test_estimate_labelled_inputs():
     expect_status(llc("estimate", SORT5, "--inputs", bad), 1, "badlabels.txt:1")
 
 
+def test_labelled_inputs_choose_ce():
+    wrong = os.path.join(TMP, "wrong_labels.txt")
+    with open(wrong, "w") as f:
+        f.write("3 1 2 | 3 3 3\n")
+    out = os.path.join(TMP, "wrong_labels.json")
+    result = llc("estimate", SORT5, "--inputs", wrong, "--batch", 1, "--chains", 2, "--draws", 3, "--quiet",
+                 "--json", out)
+    expect(result.returncode == 0, result.stderr)
+    data = json.load(open(out))
+    expect(data["loss"] == "ce", f"loss {data['loss']} with labels in --inputs, expected ce")
+    expect(data["init_loss"] > 1.0, f"init_loss {data['init_loss']}: the wrong labels were not used")
+    result = llc("estimate", SORT5, "--inputs", wrong, "--batch", 1, "--chains", 2, "--draws", 3, "--loss", "kl")
+    expect_status(result, 0, "labels in", "are not used")
+
+
 def test_diff():
     same = llc("diff", SORT5, SORT5)
     expect(same.returncode == 0 and "same within tolerance" in same.stdout, same.stdout[-200:])
