@@ -6194,12 +6194,21 @@ enum { MAX_SHRINKS = 16 };
 typedef struct {
     char program[32];
     char teacher_loss[8];
+    char student_loss[8];               /* kl, or mse for a numerical output */
     double llc_mean[MAX_SHRINKS + 1];   /* [0] the teacher, [1 + k] the student of shrink k */
     double llc_std[MAX_SHRINKS + 1];
     double distill_loss[MAX_SHRINKS + 1];
     int restored[MAX_SHRINKS + 1];
     double *trace[MAX_SHRINKS + 1];     /* mean (loss - init_loss) per draw */
 } StudyRow;
+
+/* The teachers' loss of a study, as the footer of distill.md describes it. */
+static const char *teacher_loss_text(const char *name) {
+    if (!strcmp(name, "ce")) return "the cross-entropy on their own argmax labels";
+    if (!strcmp(name, "mse")) return "the squared error against their own outputs";
+    if (!strcmp(name, "kl")) return "the KL to themselves";
+    return "the KL to themselves (squared error for numerical outputs)";
+}
 
 static int cmd_study_distill(int argc, char **argv) {
     static const Command cmd = {
@@ -6308,6 +6317,7 @@ static int cmd_study_distill(int argc, char **argv) {
                 break;
             }
             model_set_meta(&student, "loss", loss_name(dr.loss));
+            snprintf(row->student_loss, sizeof row->student_loss, "%s", loss_name(dr.loss));
             if (model_save(&student, student_path) != 0) return 1;
 
             progress("%s: student LLC (%s loss against the teacher)", programs[i], loss_name(dr.loss));
@@ -6340,7 +6350,7 @@ static int cmd_study_distill(int argc, char **argv) {
     /* Markdown table shaped like the study's: one row per program. */
     snprintf(path, sizeof path, "%s/distill.md%s", out_dir, status == 130 ? ".incomplete" : "");
     if (atomic_open(&af, path) != 0) return 1;
-    fprintf(af.f, "| program | Teacher |");
+    fprintf(af.f, "| Program | Teacher |");
     for (k = 0; k < n_shrinks; k++) fprintf(af.f, " %g %% shrunk |", 100 * shrinks[k]);
     fprintf(af.f, "\n|---|---|");
     for (k = 0; k < n_shrinks; k++) fprintf(af.f, "---|");
@@ -6356,12 +6366,10 @@ static int cmd_study_distill(int argc, char **argv) {
         }
         fprintf(af.f, "\n");
     }
-    fprintf(af.f, "\nLLC mean ± std over %d chains (%d draws, lr %g, batch %d). The teachers' LLC uses the %s "
-                  "loss%s; the students' uses the KL to their teacher (squared error for numerical outputs). "
-                  "\"restored\": the student agrees with the teacher on at least %g %% of held-out positions.\n",
-            s.chains, s.draws, s.lr, s.batch, !strcmp(teacher_loss_name, "auto") ? "kl" : teacher_loss_name,
-            !strcmp(teacher_loss_name, "ce") ? " on their own argmax labels" : " to themselves",
-            100 * ds.restored_at);
+    fprintf(af.f, "\nLLC mean ± std over %d chains (%d draws, lr %g, batch %d). The teachers' LLC uses %s; the "
+                  "students' uses the KL to their teacher (squared error for numerical outputs). \"restored\": "
+                  "the student agrees with the teacher on at least %g %% of held-out positions.\n",
+            s.chains, s.draws, s.lr, s.batch, teacher_loss_text(teacher_loss_name), 100 * ds.restored_at);
     if (atomic_commit(&af) != 0) return 1;
     if (status == 130) {
         warn("interrupted: the finished rows are in %s/distill.csv.incomplete and %s/distill.md.incomplete; no "
@@ -6387,8 +6395,8 @@ static int cmd_study_distill(int argc, char **argv) {
             for (k = 0; k <= n_shrinks; k++) {
                 if (!rows[i].trace[k]) continue;
                 if (k == 0) snprintf(labels[k], sizeof labels[k], "teacher (%s loss)", rows[i].teacher_loss);
-                else snprintf(labels[k], sizeof labels[k], "student, %g %% shrunk (kl to the teacher)",
-                              100 * shrinks[k - 1]);
+                else snprintf(labels[k], sizeof labels[k], "student, %g %% shrunk (%s to the teacher)",
+                              100 * shrinks[k - 1], rows[i].student_loss);
                 memset(&series[n_series], 0, sizeof series[0]);
                 series[n_series].label = labels[k];
                 series[n_series].x = draw_x;

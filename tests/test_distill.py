@@ -135,10 +135,14 @@ def test_study_distill_outputs():
     expect(len(rows) == 1 + 2 * 3, f"{len(rows)} CSV lines")
     expect(rows[0].startswith("program,max_seq_len,model,shrink"), rows[0])
     table = open(os.path.join(out, "distill.md")).read()
-    expect("| program | Teacher | 0 % shrunk | 50 % shrunk |" in table, table[:200])
+    expect("| Program | Teacher | 0 % shrunk | 50 % shrunk |" in table, table[:200])
+    expect("The teachers' LLC uses the KL to themselves (squared error for numerical outputs)" in table,
+           table[-400:])
     expect(table.count("\n| sort |") == 1 and table.count("\n| frac_prevs |") == 1, table)
     for name, labels in (("traces_sort.svg", ["draw", "mean over chains of loss - init_loss", "teacher (kl loss)",
                                               "student, 0 % shrunk (kl to the teacher)"]),
+                         ("traces_frac_prevs.svg", ["teacher (mse loss)",
+                                                    "student, 0 % shrunk (mse to the teacher)"]),
                          ("llc_vs_shrink.svg", ["shrink fraction of d_model and d_mlp", "llc_mean", "sort"]),
                          ("kl_vs_shrink.svg", ["shrink fraction of d_model and d_mlp", "frac_prevs"])):
         texts = svg_texts(os.path.join(out, name))
