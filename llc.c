@@ -6202,7 +6202,7 @@ typedef struct {
     double *trace[MAX_SHRINKS + 1];     /* mean (loss - init_loss) per draw */
 } StudyRow;
 
-/* The teachers' loss of a study, as the footer of distill.md describes it. */
+/* Returns the footer text of distill.md for the teachers' loss named name. */
 static const char *teacher_loss_text(const char *name) {
     if (!strcmp(name, "ce")) return "the cross-entropy on their own argmax labels";
     if (!strcmp(name, "mse")) return "the squared error against their own outputs";
@@ -6781,6 +6781,8 @@ static int cmd_calibrate(int argc, char **argv) {
         double *llc = xmalloc((size_t)n_lrs * n_nbetas * sizeof(double), "a series");
         int *marked = xmalloc((size_t)n_lrs * n_nbetas * sizeof(int), "a series");
         double stable_max = 0.0;
+        int n_left_out = 0;
+        char note[256];
         LinePlot plot;
         /* unstable points far outside the stable ones would flatten the plot: leave those out */
         for (i = 0; i < n_lrs * n_nbetas; i++)
@@ -6789,8 +6791,10 @@ static int cmd_calibrate(int argc, char **argv) {
             for (i = 0; i < n_lrs; i++) {
                 int k = i * n_nbetas + j;
                 double v = cal.llc_mean[k];
-                llc[j * n_lrs + i] = !cal.stable[k] && stable_max > 0 && fabs(v) > 10 * stable_max ? NAN : v;
+                int left_out = !cal.stable[k] && stable_max > 0 && fabs(v) > 10 * stable_max;
+                llc[j * n_lrs + i] = left_out ? NAN : v;
                 marked[j * n_lrs + i] = !cal.stable[k];
+                n_left_out += left_out;
             }
             snprintf(labels[j], sizeof labels[j], "nbeta %.4g", nbetas[j]);
             memset(&series[j], 0, sizeof series[j]);
@@ -6808,7 +6812,13 @@ static int cmd_calibrate(int argc, char **argv) {
         plot.log_x = 1;
         plot.series = series;
         plot.n_series = n_nbetas;
-        plot.note = "crosses: unstable (diverged, MALA acceptance < 0.95, loss still moving, or negative LLC)";
+        if (n_left_out)
+            snprintf(note, sizeof note, "crosses: unstable (see --csv for why); %d unstable %s above 10x the largest "
+                     "stable LLC not drawn", n_left_out, n_left_out == 1 ? "point" : "points");
+        else
+            snprintf(note, sizeof note, "crosses: unstable (diverged, MALA acceptance < 0.95, loss still moving, or "
+                     "negative LLC)");
+        plot.note = note;
         if (write_line_plot(svg_path, &plot) != 0) status = 1;
         free(llc);
         free(marked);
