@@ -2551,6 +2551,13 @@ static long read_line(FILE *f, char *buf, size_t size) {
     return (long)n;
 }
 
+/* Returns why token id may not be an input: unknown (id < 0), BOS or padding. */
+static const char *token_error(const ModelConfig *c, int id) {
+    if (id < 0) return "is not in the model's vocabulary";
+    if (id == c->bos_id) return "is the BOS token, which llc adds itself";
+    return "is the padding token, which is not an input token";
+}
+
 /* Reads inputs from a text file: one sequence per line, tokens separated by
  * spaces, BOS not written; optionally "|" and one label per token (an output
  * value, or a number for a numerical output). Blank lines and lines starting
@@ -2612,9 +2619,8 @@ static int dataset_parse(Dataset *d, const Model *m, FILE *f, const char *path) 
         tmp.ids[(size_t)n * tmp.stride] = c->bos_id;
         for (tok = strtok_r(line, " \t\r\n", &save); tok; tok = strtok_r(NULL, " \t\r\n", &save)) {
             int id = vocab_lookup(m, tok);
-            if (id < 0 || id == c->bos_id) {
-                fprintf(stderr, "%s: %s:%d: token \"%s\" is not in the model's vocabulary\n", g_program,
-                        path, lineno, tok);
+            if (id < 0 || id == c->bos_id || id == c->pad_id) {
+                fprintf(stderr, "%s: %s:%d: token \"%s\" %s\n", g_program, path, lineno, tok, token_error(c, id));
                 goto fail;
             }
             if (t > c->max_seq_len) {
@@ -3421,7 +3427,8 @@ static int calibrate(const LlcProblem *p, const SgldSettings *base, const double
             if (r.n_diverged) snprintf(cal->reason[k], sizeof cal->reason[k], "%d %s diverged", r.n_diverged,
                                      r.n_diverged == 1 ? "chain" : "chains");
             else if (!(r.mala_mean >= 0.95))
-                snprintf(cal->reason[k], sizeof cal->reason[k], "MALA acceptance %.3f < 0.95", r.mala_mean);
+                snprintf(cal->reason[k], sizeof cal->reason[k], "MALA acceptance %.3f < 0.95",
+                         floor(1000 * r.mala_mean) / 1000);   /* rounded down, never to 0.950 */
             else if (!r.flat || !r.settled)
                 snprintf(cal->reason[k], sizeof cal->reason[k], "loss still moving in the second half");
             else if (!(r.llc_mean >= 0)) snprintf(cal->reason[k], sizeof cal->reason[k], "negative LLC");
@@ -3458,7 +3465,7 @@ static int calibrate(const LlcProblem *p, const SgldSettings *base, const double
                      r.n_diverged == 1 ? "chain" : "chains");
         else if (!(r.mala_mean >= 0.95))
             snprintf(cal->reason[k], sizeof cal->reason[k], "MALA acceptance %.3f < 0.95 in a 4x longer check",
-                     r.mala_mean);
+                     floor(1000 * r.mala_mean) / 1000);
         else if (!(r.llc_mean >= 0))
             snprintf(cal->reason[k], sizeof cal->reason[k], "negative LLC in a 4x longer check");
         llc_result_free(&r);
@@ -4159,6 +4166,7 @@ typedef struct {
 typedef struct {
     const char *title, *x_label, *y_label, *y2_label;
     int log_x, log_y, log_y2;
+    int integer_x;         /* the x values are whole numbers, so the x ticks are too */
     const PlotSeries *series;
     int n_series;
     const char *note;      /* optional line under the plot */
@@ -4230,6 +4238,7 @@ static void series_range(const LinePlot *p, int axis_y, int right, int log_scale
 typedef struct {
     double lo, hi;         /* data range (log10 of it for a log axis) */
     int log_scale;
+    int integer;           /* only whole-number ticks on a linear axis */
     double px0, px1;       /* pixel positions of lo and hi */
 } Axis;
 
@@ -4263,6 +4272,12 @@ static void draw_axis(FILE *f, Axis *a, double lo, double hi, int log_scale, int
         a->lo = lo - pad;
         a->hi = hi + pad;
         n = nice_ticks(a->lo, a->hi, 6, ticks);
+        if (a->integer) {
+            int k = 0;
+            for (i = 0; i < n; i++)
+                if (ticks[i] == floor(ticks[i])) ticks[k++] = ticks[i];
+            n = k;
+        }
     }
     for (i = 0; i < n; i++) {
         double p = axis_pos(a, ticks[i]);
@@ -4307,6 +4322,8 @@ static void svg_line_plot(FILE *f, const LinePlot *p) {
     if (p->title) svg_text(f, width / 2, 28, "middle", 16, "font-weight=\"bold\"", p->title);
 
     series_range(p, 0, 0, p->log_x, &x_lo, &x_hi);
+    ax.integer = p->integer_x;
+    ay.integer = ay2.integer = 0;
     draw_axis(f, &ax, x_lo, x_hi, p->log_x, 0, left, width - right, height - bottom, top, 0);
     series_range(p, 1, 0, p->log_y, &y_lo, &y_hi);
     draw_axis(f, &ay, y_lo, y_hi, p->log_y, 1, height - bottom, top, left, width - right, 0);
@@ -4734,7 +4751,20 @@ static int parse_args(const Command *cmd, const Option *opts, int argc, char **a
             positional[n++] = argv[i];
         }
     }
-    if (n < cmd->min_positional) usage_error(cmd, "missing arguments; usage: llc %s %s", cmd->name, cmd->usage);
+    if (n < cmd->min_positional) {
+        /* name the first missing argument after the usage line, e.g. MODEL or PROGRAM */
+        const char *u = cmd->usage;
+        int k, len;
+        for (k = 0; k < n; k++) {
+            u += strcspn(u, " ");
+            u += strspn(u, " ");
+        }
+        len = (int)strcspn(u, " ");
+        while (len > 0 && u[len - 1] == '.') len--;
+        if (len > 0 && *u >= 'A' && *u <= 'Z')
+            usage_error(cmd, "missing %.*s; usage: llc %s %s", len, u, cmd->name, cmd->usage);
+        usage_error(cmd, "missing arguments; usage: llc %s %s", cmd->name, cmd->usage);
+    }
     return n;
 }
 
@@ -4943,6 +4973,18 @@ static int is_tracr_program(const char *name) {
     for (i = 0; i < sizeof tracr_programs / sizeof tracr_programs[0]; i++)
         if (!strcmp(tracr_programs[i], name)) return 1;
     return 0;
+}
+
+/* Rejects name as a usage error, with the list of programs, unless it is one. */
+static void check_tracr_program(const Command *cmd, const char *name, const char *where) {
+    char list[160] = "";
+    size_t i;
+    if (is_tracr_program(name)) return;
+    for (i = 0; i < sizeof tracr_programs / sizeof tracr_programs[0]; i++) {
+        strcat(list, i ? ", " : "");
+        strcat(list, tracr_programs[i]);
+    }
+    usage_error(cmd, "unknown program \"%s\"%s; the programs are %s", name, where, list);
 }
 
 /* Runs argv[0] with its arguments (no shell) and returns its exit status.
@@ -5210,10 +5252,11 @@ static int cmd_run(int argc, char **argv) {
                 n_tok--;
                 continue;
             }
-            if (id < 0 || id == c->bos_id) {
-                fprintf(stderr, "llc run: token \"%s\" is not in the vocabulary of %s:", pos[j], pos[0]);
+            if (id < 0 || id == c->bos_id || id == c->pad_id) {
+                fprintf(stderr, "llc run: token \"%s\" %s; the input tokens of %s are", pos[j], token_error(c, id),
+                        pos[0]);
                 for (id = 0; id < c->n_vocab; id++)
-                    if (id != c->bos_id) fprintf(stderr, " %s", m.vocab[id]);
+                    if (id != c->bos_id && id != c->pad_id) fprintf(stderr, " %s", m.vocab[id]);
                 fprintf(stderr, "\n");
                 free(ids);
                 status = 2;
@@ -5255,10 +5298,17 @@ done:
 static int check_teacher(const Model *student, const Model *teacher, const char *teacher_path) {
     const ModelConfig *s = &student->cfg, *t = &teacher->cfg;
     int i;
-    if (s->n_vocab != t->n_vocab || s->bos_id != t->bos_id || s->max_seq_len != t->max_seq_len ||
-        s->n_outputs != t->n_outputs || s->output_kind != t->output_kind) {
-        fprintf(stderr, "%s: teacher %s does not match the model: vocab size, BOS id, max_seq_len and "
-                        "outputs must be equal\n", g_program, teacher_path);
+    const struct { const char *name; int model, teacher; } fields[] = {
+        {"vocab size", s->n_vocab, t->n_vocab},
+        {"BOS id", s->bos_id, t->bos_id},
+        {"max_seq_len", s->max_seq_len, t->max_seq_len},
+        {"number of output values", s->n_outputs, t->n_outputs},
+        {"output kind (0 categorical, 1 numerical)", (int)s->output_kind, (int)t->output_kind}};
+    for (i = 0; i < (int)(sizeof fields / sizeof fields[0]); i++) {
+        if (fields[i].model == fields[i].teacher) continue;
+        fprintf(stderr, "%s: teacher %s does not match the model: %s %d in the model, %d in the teacher; a "
+                        "teacher must read the same inputs and write the same outputs\n", g_program, teacher_path,
+                fields[i].name, fields[i].model, fields[i].teacher);
         return -1;
     }
     for (i = 0; i < s->n_vocab; i++) {
@@ -6260,9 +6310,7 @@ static int cmd_study_distill(int argc, char **argv) {
     for (k = 0; k < n_shrinks; k++)
         if (shrinks[k] < 0 || shrinks[k] >= 1)
             usage_error(&cmd, "--shrink values must be in [0, 1), got %g", shrinks[k]);
-    for (i = 0; i < n_programs; i++)
-        if (!is_tracr_program(programs[i]))
-            usage_error(&cmd, "unknown program \"%s\" (see the list below in --help)", programs[i]);
+    for (i = 0; i < n_programs; i++) check_tracr_program(&cmd, programs[i], "");
     if (make_dir(out_dir) != 0) return 1;
     weights = weights_dir(weights);
     ds.seed = s.seed;
@@ -7317,7 +7365,7 @@ static int cmd_sweep(int argc, char **argv) {
         if (!(lrs[k] > 0)) usage_error(&cmd, "--lr values must be > 0, got %g", lrs[k]);
     programs_copy = xstrdup(programs_text);
     for (tok = strtok_r(programs_copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        if (!is_tracr_program(tok)) usage_error(&cmd, "unknown program \"%s\" in --programs", tok);
+        check_tracr_program(&cmd, tok, " in --programs");
         if (is_numerical_program(tok) && (!strcmp(q.loss_arg, "ce") || !strcmp(q.loss_arg, "kl")))
             usage_error(&cmd, "--loss %s needs categorical outputs, and %s has a numerical one (use --loss auto or "
                               "mse, or leave %s out)", q.loss_arg, tok, tok);
@@ -7600,6 +7648,7 @@ static int cmd_plot(int argc, char **argv) {
         memset(&plot, 0, sizeof plot);
         plot.title = title;
         plot.x_label = "max_seq_len";
+        plot.integer_x = 1;
         plot.y_label = "llc_mean";
         plot.y2_label = "sparsity (n_nonzero / n_params)";
         plot.log_y2 = 1;
@@ -7607,6 +7656,7 @@ static int cmd_plot(int argc, char **argv) {
         plot.n_series = n_series;
         plot.note = note;
         snprintf(path, sizeof path, "%s/llc_lr%s.svg", pos[0], groups[g]);
+        if (clipped[0]) warn("%s leaves out %s, whose |llc_mean| exceeds --clip %g", path, clipped, clip);
         if (write_line_plot(path, &plot) != 0) status = 1;
         else printf("wrote %s\n", path), n_written++;
         free(xs);

@@ -43,6 +43,17 @@ def test_info_json():
     expect(abs(info["sparsity"] - 516 / 24968) < 1e-9, f"sparsity {info['sparsity']}")
 
 
+def test_run_rejects_special_tokens():
+    hist = os.path.join(WEIGHTS, "hist_n5.llcw")
+    expect_status(llc("run", hist, "a", "x"), 2, '"x" is not in the model\'s vocabulary', "are a b c d")
+    expect_status(llc("run", hist, "a", "pad", "b"), 2, '"pad" is the padding token', "are a b c d")
+    expect_status(llc("run", hist, "a", "bos"), 2, '"bos" is the BOS token')
+    inputs = os.path.join(TMP, "pad_inputs.txt")
+    with open(inputs, "w") as f:
+        f.write("a b\na pad\n")
+    expect_status(llc("estimate", hist, "--inputs", inputs), 1, "pad_inputs.txt:2", "padding token")
+
+
 def test_run_sorts():
     result = llc("run", SORT5, 3, 1, 2, 5, 4)
     expect(result.stdout.strip() == "1 2 3 4 5", f"output {result.stdout.strip()!r}")
@@ -139,14 +150,14 @@ def test_estimate_usage_errors():
     expect_status(llc("estimate", SORT5, "--json="), 2, "--json needs a value")
     expect_status(llc("estimate", SORT5, "--quiet=1"), 2, "--quiet takes no value")
     expect_status(llc("estimate", SORT5, "--loss", "xent"), 2, "auto|ce|mse|kl")
-    expect_status(llc("estimate"), 2, "missing arguments")
+    expect_status(llc("estimate"), 2, "missing MODEL")
     expect_status(llc("estimate", SORT5, SORT5), 2, "unexpected argument")
     frac = os.path.join(WEIGHTS, "frac_prevs_n5.llcw")
     expect_status(llc("estimate", frac, "--loss", "ce"), 2, "numerical")
 
 
 def test_other_commands_usage_errors():
-    expect_status(llc("info"), 2, "missing arguments")
+    expect_status(llc("info"), 2, "missing MODEL")
     expect_status(llc("info", SORT5, SORT5), 2, "unexpected argument")
     expect_status(llc("info", SORT5, "--bogus"), 2, "unknown option --bogus")
     expect_status(llc("info", SORT5, "--json=yes"), 2, "--json takes no value")
@@ -154,7 +165,8 @@ def test_other_commands_usage_errors():
     expect_status(llc("run", SORT5, "--inputs"), 2, "--inputs needs a value")
     expect_status(llc("run", SORT5, "--inputs", "x.txt", "1"), 2, "not both")
     expect_status(llc("run", SORT5, "--raww", "1"), 2, "unknown option --raww")
-    expect_status(llc("diff", SORT5), 2, "missing arguments")
+    expect_status(llc("diff", SORT5), 2, "missing B.llcw")
+    expect_status(llc("study-distill", "sortt"), 2, 'unknown program "sortt"', "the programs are length, frac_prevs")
     expect_status(llc("diff", SORT5, SORT5, "--tol", -1), 2, "--tol", ">= 0")
     expect_status(llc("diff", SORT5, SORT5, "--tol"), 2, "--tol needs a value")
     expect_status(llc("frobnicate"), 2, "unknown command")
@@ -346,6 +358,13 @@ def test_student_in_working_folder_records_teacher():
         expect(result.returncode == 0, f"distill -o {student}: {result.stderr.strip()[-300:]}")
         info = json.loads(llc("info", os.path.join(folder, student), "--json").stdout)
         expect(info["meta"]["teacher"] == recorded, f"-o {student}: recorded teacher {info['meta']['teacher']}")
+
+
+def test_teacher_mismatch_names_field():
+    hist = os.path.join(WEIGHTS, "hist_n5.llcw")
+    expect_status(llc("estimate", SORT5, "--teacher", hist), 1, "vocab size 7 in the model, 6 in the teacher")
+    sort10 = os.path.join(WEIGHTS, "sort_n10.llcw")
+    expect_status(llc("estimate", SORT5, "--teacher", sort10), 1, "max_seq_len 5 in the model, 10 in the teacher")
 
 
 def test_json_and_trace_must_differ():

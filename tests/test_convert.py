@@ -63,6 +63,13 @@ def test_dense_version_1():
     expect(diff.returncode == 0, diff.stdout[-300:])
 
 
+def test_missing_npz_named():
+    missing = os.path.join(TMP, "nothere.npz")
+    result = run_convert(missing, "-o", os.path.join(TMP, "x.llcw"))
+    expect(result.returncode == 1, f"exit status {result.returncode}")
+    expect("nothere.npz: not found" in result.stderr, result.stderr)
+
+
 def test_bad_inputs_rejected():
     npz, side = reference("hist_n5")
     not_zip = os.path.join(TMP, "notzip.npz")

@@ -176,9 +176,13 @@ def test_plot_svgs():
     texts = [t.text for t in ET.parse(path).getroot().iter(SVG + "text")]
     for label in ("max_seq_len", "llc_mean", "sparsity (n_nonzero / n_params)", "hist", "sort"):
         expect(label in texts, f"plot lacks {label!r}")
+    for tick in ("4", "5", "6"):
+        expect(tick in texts, f"plot lacks the max_seq_len tick {tick}")
+    expect("4.5" not in texts and "5.5" not in texts, "the max_seq_len axis has ticks between whole lengths")
     result = llc("plot", folder, "--clip", "1e-9")
     texts = [t.text or "" for t in ET.parse(path).getroot().iter(SVG + "text")]
     expect(any("left out" in t and "hist" in t for t in texts), "clipped programs are not named")
+    expect("leaves out" in result.stderr and "--clip" in result.stderr, f"no warning: {result.stderr[-300:]}")
 
 
 def test_float32_warns_at_tiny_lr():

@@ -325,6 +325,8 @@ def unembed_tensors(meta):
 
 def convert(npz_path, json_path, out_path, sparse=True):
     """Convert NAME.npz + NAME.json to an LLCW file; return the version written."""
+    if not os.path.isfile(npz_path):
+        raise FormatError(f"{npz_path}: not found, or not a file (give the .npz saved from the Tracr model)")
     try:
         with open(json_path, encoding="utf-8") as f:
             side = json.load(f)
