@@ -1984,7 +1984,10 @@ static int model_read(Model *m, const char *path, int header_only) {
     /* O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer */
     fd = open(path, O_RDONLY | O_NONBLOCK);
     if (fd < 0) {
-        fprintf(stderr, "%s: cannot open %s: %s\n", g_program, path, strerror(errno));
+        int err = errno;
+        fprintf(stderr, "%s: cannot open %s: %s%s\n", g_program, path, strerror(err),
+                err == ENOENT ? " (python3 tracr_weights/compile.py PROGRAM --max-seq-len N -o FILE compiles "
+                                "a model; --list shows the programs)" : "");
         return -1;
     }
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {

@@ -161,6 +161,8 @@ def test_other_commands_usage_errors():
     expect_status(llc("info", SORT5, SORT5), 2, "unexpected argument")
     expect_status(llc("info", SORT5, "--bogus"), 2, "unknown option --bogus")
     expect_status(llc("info", SORT5, "--json=yes"), 2, "--json takes no value")
+    expect_status(llc("info", os.path.join(TMP, "sort_n6.llcw")), 1, "sort_n6.llcw: No such file",
+                  "tracr_weights/compile.py")
     expect_status(llc("run", SORT5), 2, "missing input tokens")
     expect_status(llc("run", SORT5, "--inputs"), 2, "--inputs needs a value")
     expect_status(llc("run", SORT5, "--inputs", "x.txt", "1"), 2, "not both")
