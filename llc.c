@@ -5841,9 +5841,14 @@ static int estimate_job(const EstimateRequest *q) {
         printf("model        %s (%s, max_seq_len %d)\n", q->model_path, model_program(&m), m.cfg.max_seq_len);
         printf("n_params     %zu (%zu non-zero, sparsity %.6g)\n", m.n_params, info.n_nonzero,
                model_sparsity(&m, info.n_nonzero));
-        printf("loss         %s on %d %s\n", info.loss, data.n, q->inputs ? "input sequences" : "random inputs");
+        printf("loss         %s on %d %s, reference %s\n", info.loss, data.n,
+               q->inputs ? "input sequences" : "random inputs",
+               data.labels_from_file && loss != LOSS_KL ? "the labels in --inputs"
+               : has_teacher                            ? teacher_used
+                                                        : "the model itself at w*");
         printf("sgld         lr %g%s, nbeta %g%s, localization %g, batch %d\n", s.lr,
-               strcmp(q->lr_scale, "none") ? " (scaled)" : "", r.nbeta, s.nbeta > 0 ? "" : " (batch / ln batch)",
+               q->lr_auto ? " (calibrated)" : strcmp(q->lr_scale, "none") ? " (scaled)" : "", r.nbeta,
+               q->lr_auto && q->s.nbeta == 0 ? " (calibrated)" : s.nbeta > 0 ? "" : " (batch / ln batch)",
                s.localization, s.batch);
         printf("chains       %d x %d draws, burn-in %d, every %d, seed %llu\n", s.chains, s.draws, s.burnin, s.every,
                (unsigned long long)s.seed);
