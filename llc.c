@@ -3923,6 +3923,27 @@ static int power_iteration_top2(const double *M, int k, uint64_t seed, double *v
     return total;
 }
 
+/* Fills d [P] with a seeded random unit vector, orthogonal to the unit
+ * vector `orthogonal_to` unless that is NULL. The projection runs twice,
+ * because one pass leaves a component of the order of the rounding error
+ * of d's entries. */
+static void random_unit_direction(real *d, size_t P, uint64_t seed, const real *orthogonal_to) {
+    double norm = 0.0;
+    size_t k;
+    int pass;
+    Rng rng;
+    rng_seed(&rng, seed);
+    for (k = 0; k < P; k++) d[k] = (real)rng_normal(&rng);
+    for (pass = 0; orthogonal_to && pass < 2; pass++) {
+        double dot = 0.0;
+        for (k = 0; k < P; k++) dot += (double)d[k] * orthogonal_to[k];
+        for (k = 0; k < P; k++) d[k] = (real)(d[k] - dot * orthogonal_to[k]);
+    }
+    for (k = 0; k < P; k++) norm += (double)d[k] * d[k];
+    norm = sqrt(norm);
+    for (k = 0; k < P && norm > 0; k++) d[k] = (real)(d[k] / norm);
+}
+
 typedef struct {
     const LlcProblem *p;
     const LandscapeSettings *s;
@@ -3996,6 +4017,7 @@ int landscape_compute(const LlcProblem *p, const LandscapeSettings *s, Landscape
     double *gram = xcalloc((size_t)K * K, sizeof(double), "the Gram matrix");
     double *mean = xcalloc(P, sizeof(double), "the mean gradient");
     double values[2], *u = xmalloc((size_t)2 * K * sizeof(double), "eigenvectors"), trace = 0.0, dot = 0.0;
+    double real_eps, zero_tol;
     real *w = xmalloc(P * sizeof(real), "a copy of w*"), *grad = xmalloc(P * sizeof(real), "a gradient");
     void *chain;
     GridJob job;
@@ -4031,6 +4053,14 @@ int landscape_compute(const LlcProblem *p, const LandscapeSettings *s, Landscape
     for (i = 0; i < K; i++) trace += gram[(size_t)i * K + i];
     power_iteration_top2(gram, K, s->seed + 1, values, u);
 
+    /* An eigenvalue at or below zero_tol is rounding noise and counts as zero. Storing the centred
+     * gradients as real moves the Gram matrix's eigenvalues by up to eps_real^2 trace / 4. Summing P
+     * products per entry in double and iterating on the K x K matrix moves them by up to about
+     * (P + K) eps_double trace. K centred gradients span at most K - 1 directions, so with K = 2 the
+     * second eigenvalue is always such noise. */
+    real_eps = sizeof(real) == sizeof(double) ? DBL_EPSILON : FLT_EPSILON;
+    zero_tol = trace * (real_eps * real_eps + (double)(P + (size_t)K) * DBL_EPSILON);
+
     /* directions d = G^T u / ||G^T u|| */
     l->d1 = xcalloc(P, sizeof(real), "a direction");
     l->d2 = xcalloc(P, sizeof(real), "a direction");
@@ -4046,24 +4076,14 @@ int landscape_compute(const LlcProblem *p, const LandscapeSettings *s, Landscape
         norm = sqrt(norm);
         l->eigenvalue[j] = values[j];
         l->variance_share[j] = trace > 0 ? values[j] / trace : 0.0;
-        if (!(norm > 1e-12 * sqrt(trace)) || values[j] <= 0) {
-            /* no gradient variance left (every minibatch gradient is the same, zero at an exact minimum):
-             * a seeded random direction, orthogonal to the first */
-            double dot1 = 0.0;
-            Rng dir_rng;
-            rng_seed(&dir_rng, s->seed + 2 + (uint64_t)j);
-            norm = 0.0;
-            for (k = 0; k < P; k++) d[k] = (real)rng_normal(&dir_rng);
-            for (k = 0; j == 1 && k < P; k++) dot1 += (double)d[k] * l->d1[k];
-            for (k = 0; k < P; k++) {
-                if (j == 1) d[k] = (real)(d[k] - dot1 * l->d1[k]);
-                norm += (double)d[k] * d[k];
-            }
-            norm = sqrt(norm);
+        if (j > K - 2 || !(values[j] > zero_tol) || !(norm > 0)) {
+            /* no principal component j + 1, so a random direction replaces it */
+            random_unit_direction(d, P, s->seed + 2 + (uint64_t)j, j == 1 ? l->d1 : NULL);
             l->random_directions++;
             l->variance_share[j] = NAN;
+            continue;
         }
-        for (k = 0; k < P && norm > 0; k++) d[k] = (real)(d[k] / norm);
+        for (k = 0; k < P; k++) d[k] = (real)(d[k] / norm);
     }
     for (k = 0; k < P; k++) dot += (double)l->d1[k] * l->d2[k];
     l->angle_degrees = acos(fmax(-1.0, fmin(1.0, dot))) * 180.0 / LLC_PI;
@@ -6461,9 +6481,10 @@ static int cmd_landscape(int argc, char **argv) {
         1, MAX_LANDSCAPES,
         "--loss auto is ce for a categorical model without a teacher (the KL to itself has zero\n"
         "gradient at w* and so no principal directions), kl against the teacher for a student,\n"
-        "and mse for numerical outputs. When the gradients at w* do not vary (every batch is at\n"
-        "a minimum), seeded random orthogonal directions are used and labelled so. The default\n"
-        "span is 1 parameter unit, or 0.1 with --scale norm (a and b in units of ||w*||).\n"};
+        "and mse for numerical outputs. Where the centred gradients at w* vary along one direction\n"
+        "only (always so with --batches 2) or not at all, seeded random orthogonal directions\n"
+        "replace the missing principal components and are labelled so. The default span is\n"
+        "1 parameter unit, or 0.1 with --scale norm (a and b in units of ||w*||).\n"};
     LandscapeSettings ls;
     double span = NAN;
     int n_samples = 512, quiet = 0, log_color = 0, n_models, i, j, status = 0;
@@ -6539,16 +6560,24 @@ static int cmd_landscape(int argc, char **argv) {
         titles[i] = paths[i];
         loss_names[i] = loss_name(loss);
         printf("model        %s (%s loss)\n", paths[i], loss_name(loss));
-        if (lands[i].random_directions)
-            printf("directions   %s random: the minibatch gradients at w* have no variance along %s (w* is a "
-                   "minimum of every batch's %s loss); %.4f degrees apart\n",
-                   lands[i].random_directions == 2 ? "both" : "PC2", lands[i].random_directions == 2 ? "any direction"
-                   : "a second direction", loss_name(loss), lands[i].angle_degrees);
+        if (lands[i].random_directions == 2)
+            printf("directions   both random, %.4f degrees apart\n", lands[i].angle_degrees);
+        else if (lands[i].random_directions == 1)
+            printf("directions   PC1 %.1f %% of the gradient variance, PC2 random, %.4f degrees apart\n",
+                   100 * lands[i].variance_share[0], lands[i].angle_degrees);
         else
             printf("directions   PC1 %.1f %%, PC2 %.1f %% of the gradient variance, %.4f degrees apart\n",
                    100 * lands[i].variance_share[0], 100 * lands[i].variance_share[1], lands[i].angle_degrees);
-        if (lands[i].random_directions) warn("%s: random directions, because the gradients at w* do not vary",
-                                             paths[i]);
+        if (lands[i].random_directions == 2)
+            warn("%s: both directions are random, because the %d minibatch gradients of the %s loss at w* are "
+                 "equal up to rounding (all zero if w* is a stationary point of every batch's loss)", paths[i],
+                 ls.batches, loss_name(loss));
+        else if (lands[i].random_directions == 1 && ls.batches == 2)
+            warn("%s: PC2 is a random direction, because 2 centred gradients span only one direction; use "
+                 "--batches 3 or more for a second principal component", paths[i]);
+        else if (lands[i].random_directions == 1)
+            warn("%s: PC2 is a random direction, because the %d centred minibatch gradients of the %s loss vary "
+                 "along one direction only", paths[i], ls.batches, loss_name(loss));
         printf("loss         %.6g at w*, from %.6g to %.6g on the grid\n", lands[i].centre_loss, lands[i].min_loss,
                lands[i].max_loss);
         printf("time         %.1f s\n", lands[i].seconds);

@@ -283,7 +283,7 @@ typedef struct {
     double centre_loss;        /* loss at w* */
     double min_loss, max_loss; /* over the grid */
     real *d1, *d2;             /* [n_params] unit directions */
-    int random_directions;     /* directions drawn at random because the gradients had no variance along them */
+    int random_directions;     /* directions drawn at random: the gradients vary along them by no more than rounding */
     double seconds;
 } Landscape;
 

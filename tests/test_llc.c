@@ -1318,18 +1318,13 @@ static double quad_value(const Quadratic *q, const double *w) {
     return loss;
 }
 
-static void test_landscape_exact_quadratic(void) {
-    Quadratic q;
-    real w_star[6] = {0, 0, 0, 0, 0, 0};
+/* Random orthonormal q1..q3 (Gram-Schmidt), a random SPD A, and the six
+ * gradients +-3 q1, +-2 q2, +-1 q3. */
+static void make_quadratic(Quadratic *qp) {
     static const double scale[3] = {3, 2, 1};
-    LandscapeSettings s;
-    Landscape l;
-    LlcProblem p;
+    Quadratic q;
     Rng rng;
-    int i, j, k, n_bad = 0;
-    double worst = 0;
-
-    /* random orthonormal q1..q3 (Gram-Schmidt) and a random SPD A */
+    int i, j, k;
     q.P = 6;
     rng_seed(&rng, 8);
     for (i = 0; i < 3; i++) {
@@ -1355,14 +1350,32 @@ static void test_landscape_exact_quadratic(void) {
                 q.A[i * 6 + j] = sum;
             }
     }
-    p.n_params = 6;
+    *qp = q;
+}
+
+static LlcProblem quad_problem(Quadratic *q, real *w_star) {
+    LlcProblem p;
+    p.n_params = (size_t)q->P;
     p.w_star = w_star;
     p.n_samples = 6;
-    p.ctx = &q;
+    p.ctx = q;
     p.chain_new = quad_chain_new;
     p.loss_grad = quad_loss_grad;
     p.chain_free = poly_chain_free;
+    return p;
+}
 
+static void test_landscape_exact_quadratic(void) {
+    Quadratic q;
+    real w_star[6] = {0, 0, 0, 0, 0, 0};
+    LandscapeSettings s;
+    Landscape l;
+    LlcProblem p;
+    int i, j, k, n_bad = 0;
+    double worst = 0;
+
+    make_quadratic(&q);
+    p = quad_problem(&q, w_star);
     memset(&s, 0, sizeof s);
     s.batches = 6;
     s.batch = 1;
@@ -1392,6 +1405,55 @@ static void test_landscape_exact_quadratic(void) {
         }
     CHECK(n_bad == 0, "%d grid values differ from 1/2 w^T A w, by up to %g", n_bad, worst);
     landscape_free(&l);
+}
+
+/* Gradients that vary along q1 only leave no second principal component:
+ * two batches (whose centred gradients are always opposite), and six
+ * batches with every gradient a multiple of q1. The second direction must
+ * be a random one and the first must still be q1. The two are orthogonal
+ * up to the rounding of their real entries: |cos| <= 4 eps, which is
+ * 2.7e-5 degrees in float32 and 5e-14 in float64. */
+static void test_landscape_rank_one_gradients(void) {
+    static const double multiples[6] = {3, -3, 2, -2, 1, -1};
+    const double eps = is_double ? DBL_EPSILON : FLT_EPSILON;
+    int variant;
+    for (variant = 0; variant < 2; variant++) {
+        Quadratic q;
+        real w_star[6] = {0, 0, 0, 0, 0, 0};
+        LandscapeSettings s;
+        Landscape l;
+        LlcProblem p;
+        double dot1 = 0, dot12 = 0, norm2 = 0;
+        int i, k;
+        make_quadratic(&q);
+        if (variant == 1)
+            for (i = 0; i < 6; i++)
+                for (k = 0; k < 6; k++) q.z[i][k] = multiples[i] * q.q[0][k];
+        p = quad_problem(&q, w_star);
+        memset(&s, 0, sizeof s);
+        s.batches = variant == 0 ? 2 : 6;
+        s.batch = 1;
+        s.grid = 3;
+        s.span = 0.5;
+        s.threads = 1;
+        s.seed = 5;
+        CHECK(landscape_compute(&p, &s, &l) == 0, "%d batches: landscape_compute failed", s.batches);
+        if (g_failed) return;
+        for (k = 0; k < 6; k++) dot1 += l.d1[k] * q.q[0][k];
+        for (k = 0; k < 6; k++) norm2 += (double)l.d2[k] * l.d2[k];
+        CHECK(fabs(fabs(dot1) - 1) < 1e-6, "%d batches: |cos| of d1 with q1 is %.9f", s.batches, fabs(dot1));
+        CHECK(l.random_directions == 1, "%d batches: %d random directions, expected 1", s.batches,
+              l.random_directions);
+        CHECK(isnan(l.variance_share[1]), "%d batches: PC2 has variance share %g", s.batches, l.variance_share[1]);
+        CHECK(fabs(l.variance_share[0] - 1) < 1e-6, "%d batches: PC1 has variance share %.9f", s.batches,
+              l.variance_share[0]);
+        CHECK(fabs(norm2 - 1) < 8 * eps, "%d batches: |d2|^2 is %.9f", s.batches, norm2);
+        for (k = 0; k < 6; k++) dot12 += (double)l.d1[k] * l.d2[k];
+        CHECK(fabs(dot12) <= 4 * eps, "%d batches: cos(d1, d2) is %.3g", s.batches, dot12);
+        CHECK(fabs(l.angle_degrees - 90) <= 4 * eps * 180 / LLC_PI, "%d batches: d1 and d2 are %.9f degrees apart",
+              s.batches, l.angle_degrees);
+        landscape_free(&l);
+    }
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1428,5 +1490,6 @@ int main(int argc, char **argv) {
     run_test("calibration deep linear network", test_calibration_deep_linear_network);
     run_test("power iteration vs jacobi", test_power_iteration_vs_jacobi);
     run_test("landscape exact quadratic", test_landscape_exact_quadratic);
+    run_test("landscape rank-one gradients", test_landscape_rank_one_gradients);
     return g_n_failed ? 1 : 0;
 }
