@@ -2841,8 +2841,9 @@ static void dataset_label(Dataset *d, const Model *ref_model, int batch_size) {
  * devinterp 1.2/1.3):
  *   w <- w - (lr/2) (nbeta grad L_batch(w) + localization (w - w*)) + sqrt(lr) N(0, noise_level^2)
  *   step i is recorded as draw (i - burnin) / every when i >= burnin and
- *   (i + 1 - burnin) % every == 0; the recorded value is the minibatch loss
- *   before that step's update, so with no burn-in draw 0 is the loss at w*.
+ *   (i + 1 - burnin) % every == 0, so draw d is step burnin + (d + 1) every - 1.
+ *   The recorded value is the minibatch loss before that step's update, so
+ *   with no burn-in and every = 1 draw 0 is the loss at w*.
  *   init_loss = mean loss at w* over the first min(chains, batches) batches
  *   of the unshuffled samples; llc per chain = nbeta (mean of its draws -
  *   init_loss), then mean and sample std over the chains.
@@ -3055,8 +3056,10 @@ static void run_chain(EstimateJob *job, int c) {
             }
         }
         if (!isfinite(loss) || diverged) {
+            /* The first draw without a finite loss is the number of draws recorded, because draws_done
+             * counts a draw of this step only when its loss, taken before the update, is finite. */
             r->diverged_step[c] = (int)i;
-            r->diverged_draw[c] = i >= s->burnin ? (int)((i - s->burnin) / s->every) : -1;
+            r->diverged_draw[c] = i >= s->burnin ? r->draws_done[c] : -1;
             break;
         }
         if (((i + 1) & 15) == 0) {
@@ -5814,7 +5817,7 @@ static int estimate_job(const EstimateRequest *q) {
             for (i = 0; i < r.chains; i++) {
                 if (r.diverged_step[i] < 0) continue;
                 if (r.diverged_draw[i] >= 0)
-                    printf(" chain %d at step %d (draw %d)", i, r.diverged_step[i], r.diverged_draw[i]);
+                    printf(" chain %d at step %d (after %d draws)", i, r.diverged_step[i], r.draws_done[i]);
                 else
                     printf(" chain %d at step %d (burn-in)", i, r.diverged_step[i]);
             }
@@ -5836,8 +5839,8 @@ static int estimate_job(const EstimateRequest *q) {
     for (i = 0; i < r.chains; i++) {
         if (r.diverged_step[i] < 0) continue;
         if (r.diverged_draw[i] >= 0)
-            warn("chain %d diverged: non-finite loss or gradient at step %d (draw %d); it is left out of llc_mean",
-                 i, r.diverged_step[i], r.diverged_draw[i]);
+            warn("chain %d diverged: non-finite loss or gradient at step %d, after %d of %d draws; it is left out "
+                 "of llc_mean", i, r.diverged_step[i], r.draws_done[i], r.draws);
         else
             warn("chain %d diverged: non-finite loss or gradient at step %d, during burn-in; it is left out of "
                  "llc_mean", i, r.diverged_step[i]);

@@ -184,8 +184,9 @@ def test_estimate_strict_divergence():
     data = json.load(open(out))
     expect(len(data["diverged_chains"]) == diverged, "--strict changed the result")
     chain = data["diverged_chains"][0]
-    expect(f"chain {chain['chain']} diverged" in result.stderr and f"(draw {chain['draw']})" in result.stderr,
-           f"the warning lacks the chain and draw: {result.stderr.strip()[:300]}")
+    expect(f"chain {chain['chain']} diverged" in result.stderr, f"the warning lacks the chain: {result.stderr[:300]}")
+    expect(f"after {chain['draw']} of 50 draws" in result.stderr,
+           f"the warning lacks the draws recorded: {result.stderr.strip()[:300]}")
     expect("diverged" in result.stdout, "the summary does not list the diverged chains")
 
 

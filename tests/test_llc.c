@@ -926,7 +926,8 @@ static void test_sgld_seeded_repeat_and_threads(void) {
 }
 
 /* A problem whose loss is the number of earlier calls in the chain, and
- * whose chain number 1 returns NaN at its 8th call. */
+ * whose chain number 1 returns a NaN loss at call g_counting_nan_call and
+ * an infinite gradient at call g_counting_inf_call (the first call is 1). */
 typedef struct {
     int n_chains_started;
     int calls;
@@ -934,6 +935,8 @@ typedef struct {
 } CountingChain;
 
 static int g_counting_started;
+static int g_counting_nan_call = 8;   /* the call of chain 1 that returns a NaN loss */
+static int g_counting_inf_call = 0;   /* the call of chain 1 that returns an infinite gradient, 0 for none */
 
 static void *counting_chain_new(const LlcProblem *p, real *w) {
     CountingChain *c = xcalloc(1, sizeof *c, "chain");
@@ -948,8 +951,8 @@ static double counting_loss_grad(void *chain, const int *samples, int n, real *g
     double loss = c->calls++;
     (void)samples;
     (void)n;
-    if (grad) grad[0] = 0;
-    if (c->chain == 1 && c->calls == 8) return NAN;
+    if (grad) grad[0] = c->chain == 1 && c->calls == g_counting_inf_call ? INFINITY : 0;
+    if (c->chain == 1 && c->calls == g_counting_nan_call) return NAN;
     return loss;
 }
 
@@ -996,6 +999,58 @@ static void test_sgld_draw_rule_and_divergence(void) {
     CHECK(isnan(r.llc_chain[1]), "the diverged chain has llc %g", r.llc_chain[1]);
     CHECK(r.llc_mean == 1.0 * (7.0 - 0.5), "llc_mean %g, expected 6.5 from chains 0 and 2", r.llc_mean);
     llc_result_free(&r);
+}
+
+/* With every = 3, draw d is recorded at step burnin + 3 d + 2. A divergence
+ * is reported at its step, with diverged_draw the first draw without a
+ * finite loss, which is the number of draws recorded. A NaN loss at a draw
+ * step leaves that draw NaN. An infinite gradient at a draw step leaves
+ * that draw's loss, taken before the update, recorded. */
+static void test_sgld_divergence_between_draws(void) {
+    static const struct { int burnin, nan_call, inf_call, step, draws_done, draw; } cases[] = {
+        {0, 2, 0, 1, 0, 0},      /* NaN loss at step 1, before draw 0 at step 2 */
+        {0, 6, 0, 5, 1, 1},      /* NaN loss at step 5, the step of draw 1 */
+        {0, 0, 6, 5, 2, 2},      /* infinite gradient at step 5, after draw 1 is recorded */
+        {0, 0, 4, 3, 1, 1},      /* infinite gradient at step 3, between draws 0 and 1 */
+        {2, 0, 2, 1, 0, -1}};    /* infinite gradient at step 1, during burn-in */
+    real w_star[1] = {0};
+    size_t k;
+    for (k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        SgldSettings s = default_settings();
+        LlcProblem p = counting_problem(w_star);
+        LlcResult r;
+        int d;
+        s.lr = 1e-3;
+        s.nbeta = 1.0;
+        s.batch = 5;
+        s.chains = 3;
+        s.draws = 4;
+        s.burnin = cases[k].burnin;
+        s.every = 3;
+        s.threads = 1;
+        g_counting_started = 0;
+        g_counting_nan_call = cases[k].nan_call;
+        g_counting_inf_call = cases[k].inf_call;
+        llc_estimate(&p, &s, &r);
+        CHECK(r.diverged_step[1] == cases[k].step, "case %zu: diverged at step %d, expected %d", k,
+              r.diverged_step[1], cases[k].step);
+        CHECK(r.draws_done[1] == cases[k].draws_done, "case %zu: %d draws recorded, expected %d", k, r.draws_done[1],
+              cases[k].draws_done);
+        CHECK(r.diverged_draw[1] == cases[k].draw, "case %zu: diverged_draw %d, expected %d", k, r.diverged_draw[1],
+              cases[k].draw);
+        for (d = 0; d < cases[k].draws_done; d++)
+            CHECK(r.loss_trace[s.draws + d] == s.burnin + 3 * d + 2, "case %zu: draw %d is %g, expected %d", k, d,
+                  r.loss_trace[s.draws + d], s.burnin + 3 * d + 2);
+        for (d = cases[k].draws_done; d < s.draws; d++)
+            CHECK(isnan(r.loss_trace[s.draws + d]), "case %zu: draw %d after the divergence is %g", k, d,
+                  r.loss_trace[s.draws + d]);
+        CHECK(r.diverged_step[0] == -1, "case %zu: healthy chain 0 is marked diverged", k);
+        CHECK(r.diverged_step[2] == -1, "case %zu: healthy chain 2 is marked diverged", k);
+        CHECK(r.n_diverged == 1, "case %zu: n_diverged %d", k, r.n_diverged);
+        llc_result_free(&r);
+    }
+    g_counting_nan_call = 8;
+    g_counting_inf_call = 0;
 }
 
 /* devinterp's NaN test: Polynomial([2, 2]) at 0 with lr 1000, nbeta 1000. */
@@ -1482,6 +1537,7 @@ int main(int argc, char **argv) {
     run_test("sgld zero noise is descent", test_sgld_zero_noise_is_gradient_descent);
     run_test("sgld seeded repeat and threads", test_sgld_seeded_repeat_and_threads);
     run_test("sgld draw rule and divergence", test_sgld_draw_rule_and_divergence);
+    run_test("sgld divergence between draws", test_sgld_divergence_between_draws);
     run_test("sgld polynomial blows up", test_sgld_polynomial_blows_up);
     run_test("sgld normal crossing", test_sgld_normal_crossing);
     run_test("sgld deep linear network", test_sgld_deep_linear_network);
