@@ -16,7 +16,7 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 
-from harness import LLC, SVG, WEIGHTS, expect, llc, run_tests
+from harness import LLC, LLC64, SVG, WEIGHTS, expect, llc, run_tests
 
 SORT5 = os.path.join(WEIGHTS, "sort_n5.llcw")
 sys.path.insert(0, WEIGHTS)
@@ -188,6 +188,17 @@ def test_estimate_strict_divergence():
     expect(f"after {chain['draw']} of 50 draws" in result.stderr,
            f"the warning lacks the draws recorded: {result.stderr.strip()[:300]}")
     expect("diverged" in result.stdout, "the summary does not list the diverged chains")
+
+
+def test_estimate_warns_when_steps_underflow():
+    # at lr 1e-320 every step rounds to 0 in float32 and to no change in float64
+    for binary in (LLC, LLC64):
+        result = llc("estimate", SORT5, "--lr", "1e-320", "--draws", 4, "--chains", 2, "--quiet", binary=binary)
+        expect(result.returncode == 0, result.stderr)
+        expect("100 % of the updates" in result.stderr and "rounded to no change" in result.stderr,
+               f"{os.path.basename(binary)}: {result.stderr.strip()[:300]}")
+        expect(("llc64" in result.stderr) == (binary == LLC),
+               f"{os.path.basename(binary)} should suggest llc64 only in float32: {result.stderr.strip()[:300]}")
 
 
 def test_estimate_interrupt_keeps_previous_output():

@@ -1053,6 +1053,64 @@ static void test_sgld_divergence_between_draws(void) {
     g_counting_inf_call = 0;
 }
 
+/* An update is lost when w stays the same although the exact step is not
+ * zero. At lr 1e-320 every step of a weight near 1 rounds away in both
+ * builds. In float32 lr / 2 and sqrt(lr) themselves round to 0, and in
+ * float64 the step of about sqrt(lr) = 1e-160 is far below half a weight's
+ * spacing. A step that is zero by intent (no noise, zero drift) is not a
+ * lost update. */
+static void test_sgld_lost_updates(void) {
+    static const int powers[2] = {1, 2};
+    Polynomial q;
+    real w_star[2] = {0.7f, -0.4f}, zero[1] = {0};
+    SgldSettings s = default_settings();
+    LlcProblem p;
+    LlcResult r;
+    make_normal_crossing_data(&q, 64, 8);
+    q.d = 2;
+    q.powers = powers;
+    p = poly_problem(&q, w_star);
+    s.batch = 16;
+    s.chains = 2;
+    s.draws = 20;
+
+    s.lr = 1e-320;
+    llc_estimate(&p, &s, &r);
+    CHECK(r.unchanged_fraction == 1, "lr 1e-320: %g of the updates lost, expected all", r.unchanged_fraction);
+    CHECK(r.unchanged_fraction_nonzero == 1, "lr 1e-320: %g of the updates of non-zero weights lost, expected all",
+          r.unchanged_fraction_nonzero);
+    llc_result_free(&r);
+
+    s.lr = 1e-3;
+    llc_estimate(&p, &s, &r);
+    CHECK(r.unchanged_fraction == 0, "lr 1e-3: %g of the updates lost", r.unchanged_fraction);
+    llc_result_free(&r);
+    free(q.x);
+    free(q.y);
+
+    /* The counting problem's gradient is 0, so only noise moves w. Noise of
+     * sqrt(lr) 1e-200 underflows to a step of exactly 0 even in float64,
+     * and without noise no step is intended. */
+    p = counting_problem(zero);
+    s.lr = 1e-320;
+    s.noise_level = 1e-200;
+    s.batch = 5;
+    s.threads = 1;
+    g_counting_started = 0;
+    g_counting_nan_call = 0;
+    llc_estimate(&p, &s, &r);
+    CHECK(r.n_diverged == 0, "%d chains of the counting problem diverged", r.n_diverged);
+    CHECK(r.unchanged_fraction == 1, "noise 1e-200: %g of the updates lost, expected all", r.unchanged_fraction);
+    llc_result_free(&r);
+
+    s.noise_level = 0;
+    g_counting_started = 0;
+    llc_estimate(&p, &s, &r);
+    CHECK(r.unchanged_fraction == 0, "no step intended, yet %g of the updates counted as lost", r.unchanged_fraction);
+    llc_result_free(&r);
+    g_counting_nan_call = 8;
+}
+
 /* devinterp's NaN test: Polynomial([2, 2]) at 0 with lr 1000, nbeta 1000. */
 static void test_sgld_polynomial_blows_up(void) {
     static const int powers[2] = {2, 2};
@@ -1536,6 +1594,7 @@ int main(int argc, char **argv) {
     run_test("json parse bounds", test_json_parse_bounds);
     run_test("sgld zero noise is descent", test_sgld_zero_noise_is_gradient_descent);
     run_test("sgld seeded repeat and threads", test_sgld_seeded_repeat_and_threads);
+    run_test("sgld lost updates", test_sgld_lost_updates);
     run_test("sgld draw rule and divergence", test_sgld_draw_rule_and_divergence);
     run_test("sgld divergence between draws", test_sgld_divergence_between_draws);
     run_test("sgld polynomial blows up", test_sgld_polynomial_blows_up);
