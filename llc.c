@@ -4096,14 +4096,15 @@ int landscape_compute(const LlcProblem *p, const LandscapeSettings *s, Landscape
     for (k = 0; k < P; k++) dot += (double)l->d1[k] * l->d2[k];
     l->angle_degrees = acos(fmax(-1.0, fmin(1.0, dot))) * 180.0 / LLC_PI;
 
-    /* grid coordinates, with an exact 0 at the centre of an odd grid */
+    /* grid coordinates, with an exact 0 at the centre of an odd grid. Each is span times a number in [-1, 1],
+     * which is finite for any finite span, while 2 span overflows above half the largest double. */
     for (k = 0; k < P; k++) l->w_norm += (double)p->w_star[k] * p->w_star[k];
     l->w_norm = sqrt(l->w_norm);
     l->step_unit = s->scale_by_norm ? l->w_norm : 1.0;
     l->a = xmalloc((size_t)N * sizeof(double), "grid coordinates");
     l->b = xmalloc((size_t)N * sizeof(double), "grid coordinates");
     for (i = 0; i < N; i++) {
-        l->a[i] = 2 * i == N - 1 ? 0.0 : -s->span + 2.0 * s->span * i / (N - 1);
+        l->a[i] = 2 * i == N - 1 ? 0.0 : s->span * (2.0 * i / (N - 1) - 1.0);
         l->b[i] = l->a[i];
     }
     for (i = 0; i < p->n_samples; i++) order[i] = i;
@@ -4471,7 +4472,10 @@ static void contour_cell(FILE *f, const double v[4], double x0, double y0, doubl
 static void svg_landscape_panel(FILE *f, const Landscape *l, const char *title, const ColorScale *cs, double ox,
                                 double oy, double size, const char *unit) {
     int N = l->grid, i, j, k;
-    double span = l->a[N - 1], cell = size / (N - 1), ticks[40];
+    /* The axes count in units of a power of ten near span, because the axis range, 2 span N / (N - 1),
+     * overflows for spans near the largest double. */
+    double axis_unit = pow(10.0, floor(log10(l->a[N - 1])));
+    double span = l->a[N - 1] / axis_unit, cell = size / (N - 1), ticks[40];
     int n_ticks;
     char color[8], label[96];
     Axis ax, ay;
@@ -4488,7 +4492,8 @@ static void svg_landscape_panel(FILE *f, const Landscape *l, const char *title, 
             if (!isfinite(v)) strcpy(color, "#ff00ff");
             else viridis_color((color_value(cs, v) - cs->lo) / (cs->hi - cs->lo), color);
             fprintf(f, "<rect x=\"%.2f\" y=\"%.2f\" width=\"%.2f\" height=\"%.2f\" fill=\"%s\"/>\n",
-                    axis_pos(&ax, l->a[j]) - cell / 2, axis_pos(&ay, l->b[i]) - cell / 2, cell + 0.3, cell + 0.3, color);
+                    axis_pos(&ax, l->a[j] / axis_unit) - cell / 2, axis_pos(&ay, l->b[i] / axis_unit) - cell / 2,
+                    cell + 0.3, cell + 0.3, color);
         }
 
     /* contour lines at eight levels of the colour scale */
@@ -4502,8 +4507,8 @@ static void svg_landscape_panel(FILE *f, const Landscape *l, const char *title, 
                 v[1] = color_value(cs, l->loss[(size_t)i * N + j + 1]);
                 v[2] = color_value(cs, l->loss[(size_t)(i + 1) * N + j + 1]);
                 v[3] = color_value(cs, l->loss[(size_t)(i + 1) * N + j]);
-                contour_cell(f, v, axis_pos(&ax, l->a[j]), axis_pos(&ay, l->b[i]), axis_pos(&ax, l->a[j + 1]),
-                             axis_pos(&ay, l->b[i + 1]), level);
+                contour_cell(f, v, axis_pos(&ax, l->a[j] / axis_unit), axis_pos(&ay, l->b[i] / axis_unit),
+                             axis_pos(&ax, l->a[j + 1] / axis_unit), axis_pos(&ay, l->b[i + 1] / axis_unit), level);
             }
     }
     fprintf(f, "\"/>\n");
@@ -4514,7 +4519,7 @@ static void svg_landscape_panel(FILE *f, const Landscape *l, const char *title, 
     n_ticks = nice_ticks(-span, span, 5, ticks);
     for (k = 0; k < n_ticks; k++) {
         char text[32];
-        format_tick(text, sizeof text, ticks[k]);
+        format_tick(text, sizeof text, ticks[k] * axis_unit);
         fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"black\"/>\n", axis_pos(&ax, ticks[k]),
                 oy + size + cell, axis_pos(&ax, ticks[k]), oy + size + cell + 5);
         svg_text(f, axis_pos(&ax, ticks[k]), oy + size + cell + 18, "middle", 11, NULL, text);
@@ -4543,7 +4548,7 @@ static void svg_landscapes(FILE *f, const Landscape *const *ls, const char *cons
                            const char *loss_label, const char *unit) {
     const double size = 340, left = 80, top = 50, gap = 110, bar_width = 18;
     double width = left + n * (size + gap) + 60, height = top + size + 90, ticks[40];
-    double lo = INFINITY, hi = -INFINITY, min_loss = INFINITY, max_loss = -INFINITY, bar_x;
+    double lo, hi, min_loss = INFINITY, max_loss = -INFINITY, bar_x;
     int i, k, n_ticks;
     ColorScale cs;
     char label[160];
@@ -4552,14 +4557,17 @@ static void svg_landscapes(FILE *f, const Landscape *const *ls, const char *cons
         if (ls[i]->min_loss < min_loss) min_loss = ls[i]->min_loss;
         if (ls[i]->max_loss > max_loss) max_loss = ls[i]->max_loss;
     }
+    if (!(min_loss <= max_loss)) {
+        /* no grid has a finite loss, so every cell has the non-finite colour and the scale is arbitrary */
+        min_loss = 0.0;
+        max_loss = 1.0;
+    }
     cs.log_color = log_color;
     /* the offset keeps log10(loss - offset) finite at the minimum */
     cs.offset = min_loss - 1e-6 * fmax(max_loss - min_loss, 1e-12) - 1e-12;
     if (log_color && min_loss > 0) cs.offset = 0;
-    for (i = 0; i < n; i++) {
-        lo = fmin(lo, color_value(&cs, ls[i]->min_loss));
-        hi = fmax(hi, color_value(&cs, ls[i]->max_loss));
-    }
+    lo = color_value(&cs, min_loss);
+    hi = color_value(&cs, max_loss);
     if (!(hi > lo)) hi = lo + 1;
     cs.lo = lo;
     cs.hi = hi;
@@ -6590,8 +6598,11 @@ static int cmd_landscape(int argc, char **argv) {
         else if (lands[i].random_directions == 1)
             warn("%s: PC2 is a random direction, because the %d centred minibatch gradients of the %s loss vary "
                  "along one direction only", paths[i], ls.batches, loss_name(loss));
-        printf("loss         %.6g at w*, from %.6g to %.6g on the grid\n", lands[i].centre_loss, lands[i].min_loss,
-               lands[i].max_loss);
+        if (lands[i].min_loss <= lands[i].max_loss)
+            printf("loss         %.6g at w*, from %.6g to %.6g on the grid\n", lands[i].centre_loss,
+                   lands[i].min_loss, lands[i].max_loss);
+        else
+            printf("loss         %.6g at w*, not finite at any grid point\n", lands[i].centre_loss);
         printf("time         %.1f s\n", lands[i].seconds);
         dataset_free(&d);
         if (has_teacher) model_free(&teacher);

@@ -446,6 +446,20 @@ def test_landscape_side_by_side():
     expect(any(t.startswith("log10(") for t in texts), "no log colour label")
 
 
+def test_landscape_huge_span_svg():
+    # at span 1e308 the axis range overflows a double and no grid point but w* has a finite loss
+    for grid, extra in ((3, ()), (2, ("--log-color",))):
+        out = landscape([SORT5], "--span", "1e308", "--grid", grid, *extra)
+        root = ET.parse(out["svg"]).getroot()
+        for element in root.iter():
+            for name, value in element.attrib.items():
+                expect("nan" not in value.lower() and "inf" not in value.lower(),
+                       f"grid {grid}: <{element.tag} {name}=\"{value}\">")
+        data = json.load(open(out["json"]))["landscapes"][0]
+        expect(data["a"][0] == -1e308 and data["a"][-1] == 1e308, f"grid {grid}: a = {data['a']}")
+        expect(data["b"] == data["a"], f"grid {grid}: b = {data['b']}")
+
+
 def test_landscape_usage_errors():
     expect_status(llc("landscape", SORT5, "--grid", 1), 2, "--grid", "[2, 1001]")
     expect_status(llc("landscape", SORT5, "--batches", 64, "--batch", 32, "--samples", 100), 2, "--samples")
