@@ -5366,16 +5366,32 @@ static void write_trace_csv(FILE *f, const LlcResult *r, const SgldSettings *s) 
     }
 }
 
+/* The memory an estimate needs and its largest part. */
+typedef struct {
+    double total;               /* bytes */
+    double largest;             /* bytes of the largest part */
+    const char *largest_name;   /* that part, such as "the loss trace" */
+    const char *advice;         /* how to shrink it, such as "use fewer --chains or --draws", or NULL */
+} MemoryEstimate;
+
+static void memory_part(MemoryEstimate *e, double bytes, const char *name, const char *advice) {
+    if (bytes <= e->largest) return;
+    e->largest = bytes;
+    e->largest_name = name;
+    e->advice = advice;
+}
+
 /* Bytes an estimate needs, from the sizes of the arenas it allocates: the
  * model and the dataset, plus the largest of the phases that follow one
  * another (labelling the inputs, the loss and gradient at w*, the chains
  * running in parallel), plus 10 % and 16 MB for the allocator and the
  * program. An estimate, used to refuse jobs that would not fit before they
  * start; a teacher model is not counted. */
-static double estimate_memory_bytes(const ModelConfig *c, size_t n_params, size_t n_fixed, int chains, int draws,
-                                    int threads, int batch, int n_samples) {
+static MemoryEstimate estimate_memory(const ModelConfig *c, size_t n_params, size_t n_fixed, int chains, int draws,
+                                      int threads, int batch, int n_samples) {
     double r = (double)sizeof(real), rows = (double)n_samples * (c->max_seq_len + 1), chain, at_w_star, labelling;
-    double model = r * (double)(n_params + n_fixed), dataset, phase;
+    double model = r * (double)(n_params + n_fixed), dataset, trace, phase;
+    MemoryEstimate e = {0.0, 0.0, NULL, NULL};
     int parallel = threads > 0 ? threads : cpu_count();
     Model shape;
     ModelProblem mp;
@@ -5394,11 +5410,25 @@ static double estimate_memory_bytes(const ModelConfig *c, size_t n_params, size_
     at_w_star = (double)model_chain_bytes(&mp) + (2 * r + 8) * (double)n_params;   /* a chain, w, grad, the mean */
     labelling = (double)workspace_bytes(c, mp.max_batch);
     dataset = rows * (3 * sizeof(int) + 2 * r * c->n_outputs) + (double)n_samples * sizeof(int);
-    dataset += (double)chains * (draws * sizeof(double) + 64);   /* the loss trace and per-chain results */
+    trace = (double)chains * (draws * sizeof(double) + 64);   /* the loss trace and per-chain results */
     phase = parallel * chain;
     if (at_w_star > phase) phase = at_w_star;
     if (labelling > phase) phase = labelling;
-    return 1.1 * (model + dataset + phase) + 16e6;
+    e.total = 1.1 * (model + dataset + trace + phase) + 16e6;
+
+    memory_part(&e, 16e6, "the program itself", NULL);
+    memory_part(&e, model, "the model", NULL);
+    memory_part(&e, dataset, "the input samples", "use fewer --samples");
+    memory_part(&e, trace, "the loss trace", "use fewer --chains or --draws");
+    memory_part(&e, parallel * chain, "the chains running in parallel", "use fewer --threads or a smaller --batch");
+    memory_part(&e, at_w_star > labelling ? at_w_star : labelling, "one minibatch's activations and gradient",
+                "use a smaller --batch");
+    return e;
+}
+
+static double estimate_memory_bytes(const ModelConfig *c, size_t n_params, size_t n_fixed, int chains, int draws,
+                                    int threads, int batch, int n_samples) {
+    return estimate_memory(c, n_params, n_fixed, chains, draws, threads, batch, n_samples).total;
 }
 
 /* Memory available to a new job: MemAvailable of /proc/meminfo, else the
@@ -5715,19 +5745,22 @@ static int estimate_job(const EstimateRequest *q) {
     EstimateOutput out;
     Rng rng;
     int has_teacher, status = 0, i;
-    char bytes_text[32], limit_text[32], time_text[32], teacher_used[4096];
+    char bytes_text[32], limit_text[32], part_text[32], time_text[32], teacher_used[4096];
+    MemoryEstimate memory;
 
     /* size first: refuse what does not fit before allocating it */
     if (model_peek(q->model_path, &cfg, &n_params, &n_fixed) != 0) return 1;
     memset(&info, 0, sizeof info);
     info.q = q;
-    info.memory_bytes =
-        estimate_memory_bytes(&cfg, n_params, n_fixed, s.chains, s.draws, s.threads, s.batch, q->n_samples);
+    memory = estimate_memory(&cfg, n_params, n_fixed, s.chains, s.draws, s.threads, s.batch, q->n_samples);
+    info.memory_bytes = memory.total;
     if (info.memory_bytes > q->max_memory) {
-        fprintf(stderr, "%s: %s needs about %s of memory, more than the limit of %s (--max-memory); use fewer "
-                        "--threads or --samples, or raise --max-memory\n", g_program, q->model_path,
+        fprintf(stderr, "%s: %s needs about %s of memory, more than the limit of %s (--max-memory). The largest part "
+                        "is %s, about %s, so %s%sraise --max-memory\n", g_program, q->model_path,
                 format_bytes(info.memory_bytes, bytes_text, sizeof bytes_text),
-                format_bytes(q->max_memory, limit_text, sizeof limit_text));
+                format_bytes(q->max_memory, limit_text, sizeof limit_text), memory.largest_name,
+                format_bytes(memory.largest, part_text, sizeof part_text), memory.advice ? memory.advice : "",
+                memory.advice ? ", or " : "");
         return 1;
     }
 

@@ -201,6 +201,16 @@ def test_estimate_warns_when_steps_underflow():
                f"{os.path.basename(binary)} should suggest llc64 only in float32: {result.stderr.strip()[:300]}")
 
 
+def test_estimate_memory_limit_names_flags():
+    # the rejection names the options that size the largest part of the estimate
+    cases = ((("--chains", 100000, "--draws", 10 ** 8), "fewer --chains or --draws"),
+             (("--samples", 10 ** 8), "fewer --samples"))
+    for args, advice in cases:
+        result = llc("estimate", SORT5, *args, "--max-memory", "1G", "--quiet")
+        expect_status(result, 1, "--max-memory", advice)
+        expect("--threads" not in result.stderr, f"{args}: {result.stderr.strip()[:300]}")
+
+
 def test_estimate_interrupt_keeps_previous_output():
     out = os.path.join(TMP, "interrupt.json")
     trace = os.path.join(TMP, "interrupt.csv")
