@@ -2850,8 +2850,9 @@ static void dataset_label(Dataset *d, const Model *ref_model, int batch_size) {
  * devinterp 1.2/1.3):
  *   w <- w - (lr/2) (nbeta grad L_batch(w) + localization (w - w*)) + sqrt(lr) N(0, noise_level^2)
  *   step i is recorded as draw (i - burnin) / every when i >= burnin and
- *   (i + 1 - burnin) % every == 0; the recorded value is the minibatch loss
- *   before that step's update, so with no burn-in draw 0 is the loss at w*.
+ *   (i + 1 - burnin) % every == 0, so draw d is step burnin + (d + 1) every - 1.
+ *   The recorded value is the minibatch loss before that step's update, so
+ *   with no burn-in and every = 1 draw 0 is the loss at w*.
  *   init_loss = mean loss at w* over the first min(chains, batches) batches
  *   of the unshuffled samples; llc per chain = nbeta (mean of its draws -
  *   init_loss), then mean and sample std over the chains.
@@ -2983,6 +2984,7 @@ static void run_chain(EstimateJob *job, int c) {
     long mala_count = 0;
     const real half_lr = (real)(s->lr / 2), sqrt_lr = (real)sqrt(s->lr), nbeta = (real)r->nbeta;
     const real localization = (real)s->localization, noise = (real)s->noise_level;
+    const int noisy = s->noise_level != 0;   /* even where noise_level rounds to 0 as a real */
     unsigned long long n_unchanged = 0, n_unchanged_nonzero = 0, n_nonzero = 0;
     long reported = 0;
     void *chain;
@@ -3057,15 +3059,21 @@ static void run_chain(EstimateJob *job, int c) {
             for (j = 0; j < len; j++) {
                 real old = wb[j];
                 real step = -half_lr * db[j] + sqrt_lr * noise * xi[j];
+                /* With lr > 0 the exact step is zero only when drift and noise are. Otherwise an unchanged w is
+                 * a lost update, also where the rounded step underflowed to 0. */
+                int lost;
                 wb[j] = old + step;
-                n_unchanged += wb[j] == old && step != 0;
-                n_unchanged_nonzero += wb[j] == old && step != 0 && w0[j] != 0;
+                lost = wb[j] == old && (db[j] != 0 || (noisy && xi[j] != 0));
+                n_unchanged += lost;
+                n_unchanged_nonzero += lost && w0[j] != 0;
                 diverged |= !isfinite(wb[j]);
             }
         }
         if (!isfinite(loss) || diverged) {
+            /* The first draw without a finite loss is the number of draws recorded, because draws_done
+             * counts a draw of this step only when its loss, taken before the update, is finite. */
             r->diverged_step[c] = (int)i;
-            r->diverged_draw[c] = i >= s->burnin ? (int)((i - s->burnin) / s->every) : -1;
+            r->diverged_draw[c] = i >= s->burnin ? r->draws_done[c] : -1;
             break;
         }
         if (((i + 1) & 15) == 0) {
@@ -3933,6 +3941,27 @@ static int power_iteration_top2(const double *M, int k, uint64_t seed, double *v
     return total;
 }
 
+/* Fills d [P] with a seeded random unit vector, orthogonal to the unit
+ * vector `orthogonal_to` unless that is NULL. The projection runs twice,
+ * because one pass leaves a component of the order of the rounding error
+ * of d's entries. */
+static void random_unit_direction(real *d, size_t P, uint64_t seed, const real *orthogonal_to) {
+    double norm = 0.0;
+    size_t k;
+    int pass;
+    Rng rng;
+    rng_seed(&rng, seed);
+    for (k = 0; k < P; k++) d[k] = (real)rng_normal(&rng);
+    for (pass = 0; orthogonal_to && pass < 2; pass++) {
+        double dot = 0.0;
+        for (k = 0; k < P; k++) dot += (double)d[k] * orthogonal_to[k];
+        for (k = 0; k < P; k++) d[k] = (real)(d[k] - dot * orthogonal_to[k]);
+    }
+    for (k = 0; k < P; k++) norm += (double)d[k] * d[k];
+    norm = sqrt(norm);
+    for (k = 0; k < P && norm > 0; k++) d[k] = (real)(d[k] / norm);
+}
+
 typedef struct {
     const LlcProblem *p;
     const LandscapeSettings *s;
@@ -4006,6 +4035,7 @@ int landscape_compute(const LlcProblem *p, const LandscapeSettings *s, Landscape
     double *gram = xcalloc((size_t)K * K, sizeof(double), "the Gram matrix");
     double *mean = xcalloc(P, sizeof(double), "the mean gradient");
     double values[2], *u = xmalloc((size_t)2 * K * sizeof(double), "eigenvectors"), trace = 0.0, dot = 0.0;
+    double real_eps, zero_tol;
     real *w = xmalloc(P * sizeof(real), "a copy of w*"), *grad = xmalloc(P * sizeof(real), "a gradient");
     void *chain;
     GridJob job;
@@ -4041,6 +4071,14 @@ int landscape_compute(const LlcProblem *p, const LandscapeSettings *s, Landscape
     for (i = 0; i < K; i++) trace += gram[(size_t)i * K + i];
     power_iteration_top2(gram, K, s->seed + 1, values, u);
 
+    /* An eigenvalue at or below zero_tol is rounding noise and counts as zero. Storing the centred
+     * gradients as real moves the Gram matrix's eigenvalues by up to eps_real^2 trace / 4. Summing P
+     * products per entry in double and iterating on the K x K matrix moves them by up to about
+     * (P + K) eps_double trace. K centred gradients span at most K - 1 directions, so with K = 2 the
+     * second eigenvalue is always such noise. */
+    real_eps = sizeof(real) == sizeof(double) ? DBL_EPSILON : FLT_EPSILON;
+    zero_tol = trace * (real_eps * real_eps + (double)(P + (size_t)K) * DBL_EPSILON);
+
     /* directions d = G^T u / ||G^T u|| */
     l->d1 = xcalloc(P, sizeof(real), "a direction");
     l->d2 = xcalloc(P, sizeof(real), "a direction");
@@ -4056,36 +4094,27 @@ int landscape_compute(const LlcProblem *p, const LandscapeSettings *s, Landscape
         norm = sqrt(norm);
         l->eigenvalue[j] = values[j];
         l->variance_share[j] = trace > 0 ? values[j] / trace : 0.0;
-        if (!(norm > 1e-12 * sqrt(trace)) || values[j] <= 0) {
-            /* no gradient variance left (every minibatch gradient is the same, zero at an exact minimum):
-             * a seeded random direction, orthogonal to the first */
-            double dot1 = 0.0;
-            Rng dir_rng;
-            rng_seed(&dir_rng, s->seed + 2 + (uint64_t)j);
-            norm = 0.0;
-            for (k = 0; k < P; k++) d[k] = (real)rng_normal(&dir_rng);
-            for (k = 0; j == 1 && k < P; k++) dot1 += (double)d[k] * l->d1[k];
-            for (k = 0; k < P; k++) {
-                if (j == 1) d[k] = (real)(d[k] - dot1 * l->d1[k]);
-                norm += (double)d[k] * d[k];
-            }
-            norm = sqrt(norm);
+        if (j > K - 2 || !(values[j] > zero_tol) || !(norm > 0)) {
+            /* no principal component j + 1, so a random direction replaces it */
+            random_unit_direction(d, P, s->seed + 2 + (uint64_t)j, j == 1 ? l->d1 : NULL);
             l->random_directions++;
             l->variance_share[j] = NAN;
+            continue;
         }
-        for (k = 0; k < P && norm > 0; k++) d[k] = (real)(d[k] / norm);
+        for (k = 0; k < P; k++) d[k] = (real)(d[k] / norm);
     }
     for (k = 0; k < P; k++) dot += (double)l->d1[k] * l->d2[k];
     l->angle_degrees = acos(fmax(-1.0, fmin(1.0, dot))) * 180.0 / LLC_PI;
 
-    /* grid coordinates, with an exact 0 at the centre of an odd grid */
+    /* grid coordinates, with an exact 0 at the centre of an odd grid. Each is span times a number in [-1, 1],
+     * which is finite for any finite span, while 2 span overflows above half the largest double. */
     for (k = 0; k < P; k++) l->w_norm += (double)p->w_star[k] * p->w_star[k];
     l->w_norm = sqrt(l->w_norm);
     l->step_unit = s->scale_by_norm ? l->w_norm : 1.0;
     l->a = xmalloc((size_t)N * sizeof(double), "grid coordinates");
     l->b = xmalloc((size_t)N * sizeof(double), "grid coordinates");
     for (i = 0; i < N; i++) {
-        l->a[i] = 2 * i == N - 1 ? 0.0 : -s->span + 2.0 * s->span * i / (N - 1);
+        l->a[i] = 2 * i == N - 1 ? 0.0 : s->span * (2.0 * i / (N - 1) - 1.0);
         l->b[i] = l->a[i];
     }
     for (i = 0; i < p->n_samples; i++) order[i] = i;
@@ -4463,7 +4492,10 @@ static void contour_cell(FILE *f, const double v[4], double x0, double y0, doubl
 static void svg_landscape_panel(FILE *f, const Landscape *l, const char *title, const ColorScale *cs, double ox,
                                 double oy, double size, const char *unit) {
     int N = l->grid, i, j, k;
-    double span = l->a[N - 1], cell = size / (N - 1), ticks[40];
+    /* The axes count in units of a power of ten near span, because the axis range, 2 span N / (N - 1),
+     * overflows for spans near the largest double. */
+    double axis_unit = pow(10.0, floor(log10(l->a[N - 1])));
+    double span = l->a[N - 1] / axis_unit, cell = size / (N - 1), ticks[40];
     int n_ticks;
     char color[8], label[96];
     Axis ax, ay;
@@ -4480,7 +4512,8 @@ static void svg_landscape_panel(FILE *f, const Landscape *l, const char *title, 
             if (!isfinite(v)) strcpy(color, "#ff00ff");
             else viridis_color((color_value(cs, v) - cs->lo) / (cs->hi - cs->lo), color);
             fprintf(f, "<rect x=\"%.2f\" y=\"%.2f\" width=\"%.2f\" height=\"%.2f\" fill=\"%s\"/>\n",
-                    axis_pos(&ax, l->a[j]) - cell / 2, axis_pos(&ay, l->b[i]) - cell / 2, cell + 0.3, cell + 0.3, color);
+                    axis_pos(&ax, l->a[j] / axis_unit) - cell / 2, axis_pos(&ay, l->b[i] / axis_unit) - cell / 2,
+                    cell + 0.3, cell + 0.3, color);
         }
 
     /* contour lines at eight levels of the colour scale */
@@ -4494,8 +4527,8 @@ static void svg_landscape_panel(FILE *f, const Landscape *l, const char *title, 
                 v[1] = color_value(cs, l->loss[(size_t)i * N + j + 1]);
                 v[2] = color_value(cs, l->loss[(size_t)(i + 1) * N + j + 1]);
                 v[3] = color_value(cs, l->loss[(size_t)(i + 1) * N + j]);
-                contour_cell(f, v, axis_pos(&ax, l->a[j]), axis_pos(&ay, l->b[i]), axis_pos(&ax, l->a[j + 1]),
-                             axis_pos(&ay, l->b[i + 1]), level);
+                contour_cell(f, v, axis_pos(&ax, l->a[j] / axis_unit), axis_pos(&ay, l->b[i] / axis_unit),
+                             axis_pos(&ax, l->a[j + 1] / axis_unit), axis_pos(&ay, l->b[i + 1] / axis_unit), level);
             }
     }
     fprintf(f, "\"/>\n");
@@ -4506,7 +4539,7 @@ static void svg_landscape_panel(FILE *f, const Landscape *l, const char *title, 
     n_ticks = nice_ticks(-span, span, 5, ticks);
     for (k = 0; k < n_ticks; k++) {
         char text[32];
-        format_tick(text, sizeof text, ticks[k]);
+        format_tick(text, sizeof text, ticks[k] * axis_unit);
         fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"black\"/>\n", axis_pos(&ax, ticks[k]),
                 oy + size + cell, axis_pos(&ax, ticks[k]), oy + size + cell + 5);
         svg_text(f, axis_pos(&ax, ticks[k]), oy + size + cell + 18, "middle", 11, NULL, text);
@@ -4535,7 +4568,7 @@ static void svg_landscapes(FILE *f, const Landscape *const *ls, const char *cons
                            const char *loss_label, const char *unit) {
     const double size = 340, left = 80, top = 50, gap = 110, bar_width = 18;
     double width = left + n * (size + gap) + 60, height = top + size + 90, ticks[40];
-    double lo = INFINITY, hi = -INFINITY, min_loss = INFINITY, max_loss = -INFINITY, bar_x;
+    double lo, hi, min_loss = INFINITY, max_loss = -INFINITY, bar_x;
     int i, k, n_ticks;
     ColorScale cs;
     char label[160];
@@ -4544,14 +4577,17 @@ static void svg_landscapes(FILE *f, const Landscape *const *ls, const char *cons
         if (ls[i]->min_loss < min_loss) min_loss = ls[i]->min_loss;
         if (ls[i]->max_loss > max_loss) max_loss = ls[i]->max_loss;
     }
+    if (!(min_loss <= max_loss)) {
+        /* no grid has a finite loss, so every cell has the non-finite colour and the scale is arbitrary */
+        min_loss = 0.0;
+        max_loss = 1.0;
+    }
     cs.log_color = log_color;
     /* the offset keeps log10(loss - offset) finite at the minimum */
     cs.offset = min_loss - 1e-6 * fmax(max_loss - min_loss, 1e-12) - 1e-12;
     if (log_color && min_loss > 0) cs.offset = 0;
-    for (i = 0; i < n; i++) {
-        lo = fmin(lo, color_value(&cs, ls[i]->min_loss));
-        hi = fmax(hi, color_value(&cs, ls[i]->max_loss));
-    }
+    lo = color_value(&cs, min_loss);
+    hi = color_value(&cs, max_loss);
     if (!(hi > lo)) hi = lo + 1;
     cs.lo = lo;
     cs.hi = hi;
@@ -5388,16 +5424,32 @@ static void write_trace_csv(FILE *f, const LlcResult *r, const SgldSettings *s) 
     }
 }
 
+/* The memory an estimate needs and its largest part. */
+typedef struct {
+    double total;               /* bytes */
+    double largest;             /* bytes of the largest part */
+    const char *largest_name;   /* that part, such as "the loss trace" */
+    const char *advice;         /* how to shrink it, such as "use fewer --chains or --draws", or NULL */
+} MemoryEstimate;
+
+static void memory_part(MemoryEstimate *e, double bytes, const char *name, const char *advice) {
+    if (bytes <= e->largest) return;
+    e->largest = bytes;
+    e->largest_name = name;
+    e->advice = advice;
+}
+
 /* Bytes an estimate needs, from the sizes of the arenas it allocates: the
  * model and the dataset, plus the largest of the phases that follow one
  * another (labelling the inputs, the loss and gradient at w*, the chains
  * running in parallel), plus 10 % and 16 MB for the allocator and the
  * program. An estimate, used to refuse jobs that would not fit before they
  * start; a teacher model is not counted. */
-static double estimate_memory_bytes(const ModelConfig *c, size_t n_params, size_t n_fixed, int chains, int draws,
-                                    int threads, int batch, int n_samples) {
+static MemoryEstimate estimate_memory(const ModelConfig *c, size_t n_params, size_t n_fixed, int chains, int draws,
+                                      int threads, int batch, int n_samples) {
     double r = (double)sizeof(real), rows = (double)n_samples * (c->max_seq_len + 1), chain, at_w_star, labelling;
-    double model = r * (double)(n_params + n_fixed), dataset, phase;
+    double model = r * (double)(n_params + n_fixed), dataset, trace, phase;
+    MemoryEstimate e = {0.0, 0.0, NULL, NULL};
     int parallel = threads > 0 ? threads : cpu_count();
     Model shape;
     ModelProblem mp;
@@ -5416,11 +5468,25 @@ static double estimate_memory_bytes(const ModelConfig *c, size_t n_params, size_
     at_w_star = (double)model_chain_bytes(&mp) + (2 * r + 8) * (double)n_params;   /* a chain, w, grad, the mean */
     labelling = (double)workspace_bytes(c, mp.max_batch);
     dataset = rows * (3 * sizeof(int) + 2 * r * c->n_outputs) + (double)n_samples * sizeof(int);
-    dataset += (double)chains * (draws * sizeof(double) + 64);   /* the loss trace and per-chain results */
+    trace = (double)chains * (draws * sizeof(double) + 64);   /* the loss trace and per-chain results */
     phase = parallel * chain;
     if (at_w_star > phase) phase = at_w_star;
     if (labelling > phase) phase = labelling;
-    return 1.1 * (model + dataset + phase) + 16e6;
+    e.total = 1.1 * (model + dataset + trace + phase) + 16e6;
+
+    memory_part(&e, 16e6, "the program itself", NULL);
+    memory_part(&e, model, "the model", NULL);
+    memory_part(&e, dataset, "the input samples", "use fewer --samples");
+    memory_part(&e, trace, "the loss trace", "use fewer --chains or --draws");
+    memory_part(&e, parallel * chain, "the chains running in parallel", "use fewer --threads or a smaller --batch");
+    memory_part(&e, at_w_star > labelling ? at_w_star : labelling, "one minibatch's activations and gradient",
+                "use a smaller --batch");
+    return e;
+}
+
+static double estimate_memory_bytes(const ModelConfig *c, size_t n_params, size_t n_fixed, int chains, int draws,
+                                    int threads, int batch, int n_samples) {
+    return estimate_memory(c, n_params, n_fixed, chains, draws, threads, batch, n_samples).total;
 }
 
 /* Memory available to a new job: MemAvailable of /proc/meminfo, else the
@@ -5737,19 +5803,22 @@ static int estimate_job(const EstimateRequest *q) {
     EstimateOutput out;
     Rng rng;
     int has_teacher, status = 0, i;
-    char bytes_text[32], limit_text[32], time_text[32], teacher_used[4096];
+    char bytes_text[32], limit_text[32], part_text[32], time_text[32], teacher_used[4096];
+    MemoryEstimate memory;
 
     /* size first: refuse what does not fit before allocating it */
     if (model_peek(q->model_path, &cfg, &n_params, &n_fixed) != 0) return 1;
     memset(&info, 0, sizeof info);
     info.q = q;
-    info.memory_bytes =
-        estimate_memory_bytes(&cfg, n_params, n_fixed, s.chains, s.draws, s.threads, s.batch, q->n_samples);
+    memory = estimate_memory(&cfg, n_params, n_fixed, s.chains, s.draws, s.threads, s.batch, q->n_samples);
+    info.memory_bytes = memory.total;
     if (info.memory_bytes > q->max_memory) {
-        fprintf(stderr, "%s: %s needs about %s of memory, more than the limit of %s (--max-memory); use fewer "
-                        "--threads or --samples, or raise --max-memory\n", g_program, q->model_path,
+        fprintf(stderr, "%s: %s needs about %s of memory, more than the limit of %s (--max-memory). The largest part "
+                        "is %s, about %s, so %s%sraise --max-memory\n", g_program, q->model_path,
                 format_bytes(info.memory_bytes, bytes_text, sizeof bytes_text),
-                format_bytes(q->max_memory, limit_text, sizeof limit_text));
+                format_bytes(q->max_memory, limit_text, sizeof limit_text), memory.largest_name,
+                format_bytes(memory.largest, part_text, sizeof part_text), memory.advice ? memory.advice : "",
+                memory.advice ? ", or " : "");
         return 1;
     }
 
@@ -5863,7 +5932,7 @@ static int estimate_job(const EstimateRequest *q) {
             for (i = 0; i < r.chains; i++) {
                 if (r.diverged_step[i] < 0) continue;
                 if (r.diverged_draw[i] >= 0)
-                    printf(" chain %d at step %d (draw %d)", i, r.diverged_step[i], r.diverged_draw[i]);
+                    printf(" chain %d at step %d (after %d draws)", i, r.diverged_step[i], r.draws_done[i]);
                 else
                     printf(" chain %d at step %d (burn-in)", i, r.diverged_step[i]);
             }
@@ -5885,8 +5954,8 @@ static int estimate_job(const EstimateRequest *q) {
     for (i = 0; i < r.chains; i++) {
         if (r.diverged_step[i] < 0) continue;
         if (r.diverged_draw[i] >= 0)
-            warn("chain %d diverged: non-finite loss or gradient at step %d (draw %d); it is left out of llc_mean",
-                 i, r.diverged_step[i], r.diverged_draw[i]);
+            warn("chain %d diverged: non-finite loss or gradient at step %d, after %d of %d draws; it is left out "
+                 "of llc_mean", i, r.diverged_step[i], r.draws_done[i], r.draws);
         else
             warn("chain %d diverged: non-finite loss or gradient at step %d, during burn-in; it is left out of "
                  "llc_mean", i, r.diverged_step[i]);
@@ -5897,10 +5966,14 @@ static int estimate_job(const EstimateRequest *q) {
     else if (r.n_diverged == r.chains)
         warn("every chain diverged, so there is no estimate; try a smaller --lr");
     report_diagnostics(&r, loss_name(loss), !has_teacher && !data.labels_from_file);
+    /* A step changes a weight only if it exceeds about half the weight's spacing, eps/2 times |w|, with
+     * eps 1.2e-7 in float32 and 2.2e-16 in float64. */
     if (r.unchanged_fraction_nonzero > 0.5)
         warn("%.0f %% of the updates of parameters that are non-zero at w* rounded to no change in %s (lr %g is "
-             "below their precision); the float64 build llc64 (make DOUBLE=1) resolves them",
-             100 * r.unchanged_fraction_nonzero, LLC_REAL_NAME, s.lr);
+             "below their precision)%s", 100 * r.unchanged_fraction_nonzero, LLC_REAL_NAME, s.lr,
+             sizeof(real) == sizeof(double) ? ""
+             : "; the float64 build llc64 (make DOUBLE=1) resolves steps down to about 1e-16 of a weight, "
+               "against 6e-8 here");
 
     out.info = &info;
     out.s = &s;
@@ -6538,9 +6611,10 @@ static int cmd_landscape(int argc, char **argv) {
         1, MAX_LANDSCAPES,
         "--loss auto is ce for a categorical model without a teacher (the KL to itself has zero\n"
         "gradient at w* and so no principal directions), kl against the teacher for a student,\n"
-        "and mse for numerical outputs. When the gradients at w* do not vary (every batch is at\n"
-        "a minimum), seeded random orthogonal directions are used and labelled so. The default\n"
-        "span is 1 parameter unit, or 0.1 with --scale norm (a and b in units of ||w*||).\n"};
+        "and mse for numerical outputs. Where the centred gradients at w* vary along one direction\n"
+        "only (always so with --batches 2) or not at all, seeded random orthogonal directions\n"
+        "replace the missing principal components and are labelled so. The default span is\n"
+        "1 parameter unit, or 0.1 with --scale norm (a and b in units of ||w*||).\n"};
     LandscapeSettings ls;
     double span = NAN;
     int n_samples = 512, quiet = 0, log_color = 0, n_models, i, j, status = 0;
@@ -6616,18 +6690,29 @@ static int cmd_landscape(int argc, char **argv) {
         titles[i] = paths[i];
         loss_names[i] = loss_name(loss);
         printf("model        %s (%s loss)\n", paths[i], loss_name(loss));
-        if (lands[i].random_directions)
-            printf("directions   %s random: the minibatch gradients at w* have no variance along %s (w* is a "
-                   "minimum of every batch's %s loss); %.4f degrees apart\n",
-                   lands[i].random_directions == 2 ? "both" : "PC2", lands[i].random_directions == 2 ? "any direction"
-                   : "a second direction", loss_name(loss), lands[i].angle_degrees);
+        if (lands[i].random_directions == 2)
+            printf("directions   both random, %.4f degrees apart\n", lands[i].angle_degrees);
+        else if (lands[i].random_directions == 1)
+            printf("directions   PC1 %.1f %% of the gradient variance, PC2 random, %.4f degrees apart\n",
+                   100 * lands[i].variance_share[0], lands[i].angle_degrees);
         else
             printf("directions   PC1 %.1f %%, PC2 %.1f %% of the gradient variance, %.4f degrees apart\n",
                    100 * lands[i].variance_share[0], 100 * lands[i].variance_share[1], lands[i].angle_degrees);
-        if (lands[i].random_directions) warn("%s: random directions, because the gradients at w* do not vary",
-                                             paths[i]);
-        printf("loss         %.6g at w*, from %.6g to %.6g on the grid\n", lands[i].centre_loss, lands[i].min_loss,
-               lands[i].max_loss);
+        if (lands[i].random_directions == 2)
+            warn("%s: both directions are random, because the %d minibatch gradients of the %s loss at w* are "
+                 "equal up to rounding (all zero if w* is a stationary point of every batch's loss)", paths[i],
+                 ls.batches, loss_name(loss));
+        else if (lands[i].random_directions == 1 && ls.batches == 2)
+            warn("%s: PC2 is a random direction, because 2 centred gradients span only one direction; use "
+                 "--batches 3 or more for a second principal component", paths[i]);
+        else if (lands[i].random_directions == 1)
+            warn("%s: PC2 is a random direction, because the %d centred minibatch gradients of the %s loss vary "
+                 "along one direction only", paths[i], ls.batches, loss_name(loss));
+        if (lands[i].min_loss <= lands[i].max_loss)
+            printf("loss         %.6g at w*, from %.6g to %.6g on the grid\n", lands[i].centre_loss,
+                   lands[i].min_loss, lands[i].max_loss);
+        else
+            printf("loss         %.6g at w*, not finite at any grid point\n", lands[i].centre_loss);
         printf("time         %.1f s\n", lands[i].seconds);
         dataset_free(&d);
         if (has_teacher) model_free(&teacher);

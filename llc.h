@@ -227,7 +227,8 @@ typedef struct {
     double *loss_trace;    /* [chains * draws] minibatch loss before each drawn step */
     double *llc_chain;     /* [chains] nbeta * (mean draws - init_loss); NaN if diverged */
     int *diverged_step;    /* [chains] first step with a non-finite loss or gradient, or -1 */
-    int *diverged_draw;    /* [chains] draw index of that step (-1 during burn-in or no divergence) */
+    int *diverged_draw;    /* [chains] first draw without a finite loss, which equals draws_done;
+                            * -1 during burn-in or without divergence */
     int *draws_done;       /* [chains] draws recorded (fewer than draws after SIGINT, SIGTERM or divergence) */
     int n_diverged;
     double unchanged_fraction; /* share of parameter updates that rounded to no change */
@@ -283,7 +284,7 @@ typedef struct {
     double centre_loss;        /* loss at w* */
     double min_loss, max_loss; /* over the grid */
     real *d1, *d2;             /* [n_params] unit directions */
-    int random_directions;     /* directions drawn at random because the gradients had no variance along them */
+    int random_directions;     /* directions drawn at random: the gradients vary along them by no more than rounding */
     double seconds;
 } Landscape;
 

@@ -16,7 +16,7 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 
-from harness import LLC, SVG, WEIGHTS, expect, llc, run_tests
+from harness import LLC, LLC64, SVG, WEIGHTS, expect, llc, run_tests
 
 SORT5 = os.path.join(WEIGHTS, "sort_n5.llcw")
 sys.path.insert(0, WEIGHTS)
@@ -198,9 +198,31 @@ def test_estimate_strict_divergence():
     data = json.load(open(out))
     expect(len(data["diverged_chains"]) == diverged, "--strict changed the result")
     chain = data["diverged_chains"][0]
-    expect(f"chain {chain['chain']} diverged" in result.stderr and f"(draw {chain['draw']})" in result.stderr,
-           f"the warning lacks the chain and draw: {result.stderr.strip()[:300]}")
+    expect(f"chain {chain['chain']} diverged" in result.stderr, f"the warning lacks the chain: {result.stderr[:300]}")
+    expect(f"after {chain['draw']} of 50 draws" in result.stderr,
+           f"the warning lacks the draws recorded: {result.stderr.strip()[:300]}")
     expect("diverged" in result.stdout, "the summary does not list the diverged chains")
+
+
+def test_estimate_warns_when_steps_underflow():
+    # at lr 1e-320 every step rounds to 0 in float32 and to no change in float64
+    for binary in (LLC, LLC64):
+        result = llc("estimate", SORT5, "--lr", "1e-320", "--draws", 4, "--chains", 2, "--quiet", binary=binary)
+        expect(result.returncode == 0, result.stderr)
+        expect("100 % of the updates" in result.stderr and "rounded to no change" in result.stderr,
+               f"{os.path.basename(binary)}: {result.stderr.strip()[:300]}")
+        expect(("llc64" in result.stderr) == (binary == LLC),
+               f"{os.path.basename(binary)} should suggest llc64 only in float32: {result.stderr.strip()[:300]}")
+
+
+def test_estimate_memory_limit_names_flags():
+    # the rejection names the options that size the largest part of the estimate
+    cases = ((("--chains", 100000, "--draws", 10 ** 8), "fewer --chains or --draws"),
+             (("--samples", 10 ** 8), "fewer --samples"))
+    for args, advice in cases:
+        result = llc("estimate", SORT5, *args, "--max-memory", "1G", "--quiet")
+        expect_status(result, 1, "--max-memory", advice)
+        expect("--threads" not in result.stderr, f"{args}: {result.stderr.strip()[:300]}")
 
 
 def test_estimate_interrupt_keeps_previous_output():
@@ -482,6 +504,20 @@ def test_landscape_side_by_side():
     texts = [t.text or "" for t in ET.parse(out["svg"]).getroot().iter(SVG + "text")]
     expect(sum(t.startswith("PC1 (") for t in texts) == 2, "expected two panels")
     expect(any(t.startswith("log10(") for t in texts), "no log colour label")
+
+
+def test_landscape_huge_span_svg():
+    # at span 1e308 the axis range overflows a double and no grid point but w* has a finite loss
+    for grid, extra in ((3, ()), (2, ("--log-color",))):
+        out = landscape([SORT5], "--span", "1e308", "--grid", grid, *extra)
+        root = ET.parse(out["svg"]).getroot()
+        for element in root.iter():
+            for name, value in element.attrib.items():
+                expect("nan" not in value.lower() and "inf" not in value.lower(),
+                       f"grid {grid}: <{element.tag} {name}=\"{value}\">")
+        data = json.load(open(out["json"]))["landscapes"][0]
+        expect(data["a"][0] == -1e308 and data["a"][-1] == 1e308, f"grid {grid}: a = {data['a']}")
+        expect(data["b"] == data["a"], f"grid {grid}: b = {data['b']}")
 
 
 def test_landscape_usage_errors():

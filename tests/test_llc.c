@@ -926,7 +926,8 @@ static void test_sgld_seeded_repeat_and_threads(void) {
 }
 
 /* A problem whose loss is the number of earlier calls in the chain, and
- * whose chain number 1 returns NaN at its 8th call. */
+ * whose chain number 1 returns a NaN loss at call g_counting_nan_call and
+ * an infinite gradient at call g_counting_inf_call (the first call is 1). */
 typedef struct {
     int n_chains_started;
     int calls;
@@ -934,6 +935,8 @@ typedef struct {
 } CountingChain;
 
 static int g_counting_started;
+static int g_counting_nan_call = 8;   /* the call of chain 1 that returns a NaN loss */
+static int g_counting_inf_call = 0;   /* the call of chain 1 that returns an infinite gradient, 0 for none */
 
 static void *counting_chain_new(const LlcProblem *p, real *w) {
     CountingChain *c = xcalloc(1, sizeof *c, "chain");
@@ -948,8 +951,8 @@ static double counting_loss_grad(void *chain, const int *samples, int n, real *g
     double loss = c->calls++;
     (void)samples;
     (void)n;
-    if (grad) grad[0] = 0;
-    if (c->chain == 1 && c->calls == 8) return NAN;
+    if (grad) grad[0] = c->chain == 1 && c->calls == g_counting_inf_call ? INFINITY : 0;
+    if (c->chain == 1 && c->calls == g_counting_nan_call) return NAN;
     return loss;
 }
 
@@ -996,6 +999,116 @@ static void test_sgld_draw_rule_and_divergence(void) {
     CHECK(isnan(r.llc_chain[1]), "the diverged chain has llc %g", r.llc_chain[1]);
     CHECK(r.llc_mean == 1.0 * (7.0 - 0.5), "llc_mean %g, expected 6.5 from chains 0 and 2", r.llc_mean);
     llc_result_free(&r);
+}
+
+/* With every = 3, draw d is recorded at step burnin + 3 d + 2. A divergence
+ * is reported at its step, with diverged_draw the first draw without a
+ * finite loss, which is the number of draws recorded. A NaN loss at a draw
+ * step leaves that draw NaN. An infinite gradient at a draw step leaves
+ * that draw's loss, taken before the update, recorded. */
+static void test_sgld_divergence_between_draws(void) {
+    static const struct { int burnin, nan_call, inf_call, step, draws_done, draw; } cases[] = {
+        {0, 2, 0, 1, 0, 0},      /* NaN loss at step 1, before draw 0 at step 2 */
+        {0, 6, 0, 5, 1, 1},      /* NaN loss at step 5, the step of draw 1 */
+        {0, 0, 6, 5, 2, 2},      /* infinite gradient at step 5, after draw 1 is recorded */
+        {0, 0, 4, 3, 1, 1},      /* infinite gradient at step 3, between draws 0 and 1 */
+        {2, 0, 2, 1, 0, -1}};    /* infinite gradient at step 1, during burn-in */
+    real w_star[1] = {0};
+    size_t k;
+    for (k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        SgldSettings s = default_settings();
+        LlcProblem p = counting_problem(w_star);
+        LlcResult r;
+        int d;
+        s.lr = 1e-3;
+        s.nbeta = 1.0;
+        s.batch = 5;
+        s.chains = 3;
+        s.draws = 4;
+        s.burnin = cases[k].burnin;
+        s.every = 3;
+        s.threads = 1;
+        g_counting_started = 0;
+        g_counting_nan_call = cases[k].nan_call;
+        g_counting_inf_call = cases[k].inf_call;
+        llc_estimate(&p, &s, &r);
+        CHECK(r.diverged_step[1] == cases[k].step, "case %zu: diverged at step %d, expected %d", k,
+              r.diverged_step[1], cases[k].step);
+        CHECK(r.draws_done[1] == cases[k].draws_done, "case %zu: %d draws recorded, expected %d", k, r.draws_done[1],
+              cases[k].draws_done);
+        CHECK(r.diverged_draw[1] == cases[k].draw, "case %zu: diverged_draw %d, expected %d", k, r.diverged_draw[1],
+              cases[k].draw);
+        for (d = 0; d < cases[k].draws_done; d++)
+            CHECK(r.loss_trace[s.draws + d] == s.burnin + 3 * d + 2, "case %zu: draw %d is %g, expected %d", k, d,
+                  r.loss_trace[s.draws + d], s.burnin + 3 * d + 2);
+        for (d = cases[k].draws_done; d < s.draws; d++)
+            CHECK(isnan(r.loss_trace[s.draws + d]), "case %zu: draw %d after the divergence is %g", k, d,
+                  r.loss_trace[s.draws + d]);
+        CHECK(r.diverged_step[0] == -1, "case %zu: healthy chain 0 is marked diverged", k);
+        CHECK(r.diverged_step[2] == -1, "case %zu: healthy chain 2 is marked diverged", k);
+        CHECK(r.n_diverged == 1, "case %zu: n_diverged %d", k, r.n_diverged);
+        llc_result_free(&r);
+    }
+    g_counting_nan_call = 8;
+    g_counting_inf_call = 0;
+}
+
+/* An update is lost when w stays the same although the exact step is not
+ * zero. At lr 1e-320 every step of a weight near 1 rounds away in both
+ * builds. In float32 lr / 2 and sqrt(lr) themselves round to 0, and in
+ * float64 the step of about sqrt(lr) = 1e-160 is far below half a weight's
+ * spacing. A step that is zero by intent (no noise, zero drift) is not a
+ * lost update. */
+static void test_sgld_lost_updates(void) {
+    static const int powers[2] = {1, 2};
+    Polynomial q;
+    real w_star[2] = {0.7f, -0.4f}, zero[1] = {0};
+    SgldSettings s = default_settings();
+    LlcProblem p;
+    LlcResult r;
+    make_normal_crossing_data(&q, 64, 8);
+    q.d = 2;
+    q.powers = powers;
+    p = poly_problem(&q, w_star);
+    s.batch = 16;
+    s.chains = 2;
+    s.draws = 20;
+
+    s.lr = 1e-320;
+    llc_estimate(&p, &s, &r);
+    CHECK(r.unchanged_fraction == 1, "lr 1e-320: %g of the updates lost, expected all", r.unchanged_fraction);
+    CHECK(r.unchanged_fraction_nonzero == 1, "lr 1e-320: %g of the updates of non-zero weights lost, expected all",
+          r.unchanged_fraction_nonzero);
+    llc_result_free(&r);
+
+    s.lr = 1e-3;
+    llc_estimate(&p, &s, &r);
+    CHECK(r.unchanged_fraction == 0, "lr 1e-3: %g of the updates lost", r.unchanged_fraction);
+    llc_result_free(&r);
+    free(q.x);
+    free(q.y);
+
+    /* The counting problem's gradient is 0, so only noise moves w. Noise of
+     * sqrt(lr) 1e-200 underflows to a step of exactly 0 even in float64,
+     * and without noise no step is intended. */
+    p = counting_problem(zero);
+    s.lr = 1e-320;
+    s.noise_level = 1e-200;
+    s.batch = 5;
+    s.threads = 1;
+    g_counting_started = 0;
+    g_counting_nan_call = 0;
+    llc_estimate(&p, &s, &r);
+    CHECK(r.n_diverged == 0, "%d chains of the counting problem diverged", r.n_diverged);
+    CHECK(r.unchanged_fraction == 1, "noise 1e-200: %g of the updates lost, expected all", r.unchanged_fraction);
+    llc_result_free(&r);
+
+    s.noise_level = 0;
+    g_counting_started = 0;
+    llc_estimate(&p, &s, &r);
+    CHECK(r.unchanged_fraction == 0, "no step intended, yet %g of the updates counted as lost", r.unchanged_fraction);
+    llc_result_free(&r);
+    g_counting_nan_call = 8;
 }
 
 /* devinterp's NaN test: Polynomial([2, 2]) at 0 with lr 1000, nbeta 1000. */
@@ -1318,18 +1431,13 @@ static double quad_value(const Quadratic *q, const double *w) {
     return loss;
 }
 
-static void test_landscape_exact_quadratic(void) {
-    Quadratic q;
-    real w_star[6] = {0, 0, 0, 0, 0, 0};
+/* Random orthonormal q1..q3 (Gram-Schmidt), a random SPD A, and the six
+ * gradients +-3 q1, +-2 q2, +-1 q3. */
+static void make_quadratic(Quadratic *qp) {
     static const double scale[3] = {3, 2, 1};
-    LandscapeSettings s;
-    Landscape l;
-    LlcProblem p;
+    Quadratic q;
     Rng rng;
-    int i, j, k, n_bad = 0;
-    double worst = 0;
-
-    /* random orthonormal q1..q3 (Gram-Schmidt) and a random SPD A */
+    int i, j, k;
     q.P = 6;
     rng_seed(&rng, 8);
     for (i = 0; i < 3; i++) {
@@ -1355,14 +1463,32 @@ static void test_landscape_exact_quadratic(void) {
                 q.A[i * 6 + j] = sum;
             }
     }
-    p.n_params = 6;
+    *qp = q;
+}
+
+static LlcProblem quad_problem(Quadratic *q, real *w_star) {
+    LlcProblem p;
+    p.n_params = (size_t)q->P;
     p.w_star = w_star;
     p.n_samples = 6;
-    p.ctx = &q;
+    p.ctx = q;
     p.chain_new = quad_chain_new;
     p.loss_grad = quad_loss_grad;
     p.chain_free = poly_chain_free;
+    return p;
+}
 
+static void test_landscape_exact_quadratic(void) {
+    Quadratic q;
+    real w_star[6] = {0, 0, 0, 0, 0, 0};
+    LandscapeSettings s;
+    Landscape l;
+    LlcProblem p;
+    int i, j, k, n_bad = 0;
+    double worst = 0;
+
+    make_quadratic(&q);
+    p = quad_problem(&q, w_star);
     memset(&s, 0, sizeof s);
     s.batches = 6;
     s.batch = 1;
@@ -1394,6 +1520,55 @@ static void test_landscape_exact_quadratic(void) {
     landscape_free(&l);
 }
 
+/* Gradients that vary along q1 only leave no second principal component:
+ * two batches (whose centred gradients are always opposite), and six
+ * batches with every gradient a multiple of q1. The second direction must
+ * be a random one and the first must still be q1. The two are orthogonal
+ * up to the rounding of their real entries: |cos| <= 4 eps, which is
+ * 2.7e-5 degrees in float32 and 5e-14 in float64. */
+static void test_landscape_rank_one_gradients(void) {
+    static const double multiples[6] = {3, -3, 2, -2, 1, -1};
+    const double eps = is_double ? DBL_EPSILON : FLT_EPSILON;
+    int variant;
+    for (variant = 0; variant < 2; variant++) {
+        Quadratic q;
+        real w_star[6] = {0, 0, 0, 0, 0, 0};
+        LandscapeSettings s;
+        Landscape l;
+        LlcProblem p;
+        double dot1 = 0, dot12 = 0, norm2 = 0;
+        int i, k;
+        make_quadratic(&q);
+        if (variant == 1)
+            for (i = 0; i < 6; i++)
+                for (k = 0; k < 6; k++) q.z[i][k] = multiples[i] * q.q[0][k];
+        p = quad_problem(&q, w_star);
+        memset(&s, 0, sizeof s);
+        s.batches = variant == 0 ? 2 : 6;
+        s.batch = 1;
+        s.grid = 3;
+        s.span = 0.5;
+        s.threads = 1;
+        s.seed = 5;
+        CHECK(landscape_compute(&p, &s, &l) == 0, "%d batches: landscape_compute failed", s.batches);
+        if (g_failed) return;
+        for (k = 0; k < 6; k++) dot1 += l.d1[k] * q.q[0][k];
+        for (k = 0; k < 6; k++) norm2 += (double)l.d2[k] * l.d2[k];
+        CHECK(fabs(fabs(dot1) - 1) < 1e-6, "%d batches: |cos| of d1 with q1 is %.9f", s.batches, fabs(dot1));
+        CHECK(l.random_directions == 1, "%d batches: %d random directions, expected 1", s.batches,
+              l.random_directions);
+        CHECK(isnan(l.variance_share[1]), "%d batches: PC2 has variance share %g", s.batches, l.variance_share[1]);
+        CHECK(fabs(l.variance_share[0] - 1) < 1e-6, "%d batches: PC1 has variance share %.9f", s.batches,
+              l.variance_share[0]);
+        CHECK(fabs(norm2 - 1) < 8 * eps, "%d batches: |d2|^2 is %.9f", s.batches, norm2);
+        for (k = 0; k < 6; k++) dot12 += (double)l.d1[k] * l.d2[k];
+        CHECK(fabs(dot12) <= 4 * eps, "%d batches: cos(d1, d2) is %.3g", s.batches, dot12);
+        CHECK(fabs(l.angle_degrees - 90) <= 4 * eps * 180 / LLC_PI, "%d batches: d1 and d2 are %.9f degrees apart",
+              s.batches, l.angle_degrees);
+        landscape_free(&l);
+    }
+}
+
 /* ------------------------------------------------------------------------ */
 
 int main(int argc, char **argv) {
@@ -1419,7 +1594,9 @@ int main(int argc, char **argv) {
     run_test("json parse bounds", test_json_parse_bounds);
     run_test("sgld zero noise is descent", test_sgld_zero_noise_is_gradient_descent);
     run_test("sgld seeded repeat and threads", test_sgld_seeded_repeat_and_threads);
+    run_test("sgld lost updates", test_sgld_lost_updates);
     run_test("sgld draw rule and divergence", test_sgld_draw_rule_and_divergence);
+    run_test("sgld divergence between draws", test_sgld_divergence_between_draws);
     run_test("sgld polynomial blows up", test_sgld_polynomial_blows_up);
     run_test("sgld normal crossing", test_sgld_normal_crossing);
     run_test("sgld deep linear network", test_sgld_deep_linear_network);
@@ -1428,5 +1605,6 @@ int main(int argc, char **argv) {
     run_test("calibration deep linear network", test_calibration_deep_linear_network);
     run_test("power iteration vs jacobi", test_power_iteration_vs_jacobi);
     run_test("landscape exact quadratic", test_landscape_exact_quadratic);
+    run_test("landscape rank-one gradients", test_landscape_rank_one_gradients);
     return g_n_failed ? 1 : 0;
 }
