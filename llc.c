@@ -5779,7 +5779,8 @@ static void report_diagnostics(const LlcResult *r, const char *loss, int self_re
         warn("%d of %d %s a mean loss below init_loss (a negative LLC): %s still descending from w*",
              r->n_below_init, r->chains, r->n_below_init == 1 ? "chain has" : "chains have",
              r->n_below_init == 1 ? "it is" : "they are");
-    if (r->mala_mean < 0.5)
+    /* with most updates rounded away the chains do not move, and the acceptance measures only rounding */
+    if (r->mala_mean < 0.5 && !(r->unchanged_fraction_nonzero > 0.5))
         warn("the MALA acceptance is %.2f: steps this large sample the tempered posterior poorly; a smaller --lr "
              "(see llc calibrate) gives acceptances near 0.9 or above", r->mala_mean);
     if (!r->flat && isfinite(r->second_half_change))
