@@ -215,25 +215,114 @@ static void install_interrupt_handlers(void) {
     }
 }
 
+/* Returns the path that path names after following symbolic links, which
+ * may not exist yet (writing through a dangling link creates its target).
+ * A relative link target is taken from the link's folder. Returns NULL with
+ * errno set to ELOOP after 40 links, as the kernel does. */
+static char *resolve_symlinks(const char *path) {
+    char *p = xstrdup(path), target[4096];
+    int depth;
+    for (depth = 0; depth < 40; depth++) {
+        struct stat st;
+        const char *slash;
+        char *next;
+        ssize_t n;
+        size_t size;
+        if (lstat(p, &st) != 0 || !S_ISLNK(st.st_mode)) return p;
+        n = readlink(p, target, sizeof target - 1);
+        if (n < 0) return p;   /* opening p reports the error */
+        target[n] = 0;
+        slash = strrchr(p, '/');
+        size = (slash ? (size_t)(slash - p) + 1 : 0) + (size_t)n + 1;
+        next = xmalloc(size, "a path");
+        if (target[0] == '/' || !slash) snprintf(next, size, "%s", target);
+        else snprintf(next, size, "%.*s%s", (int)(slash - p) + 1, p, target);
+        free(p);
+        p = next;
+    }
+    free(p);
+    errno = ELOOP;
+    return NULL;
+}
+
+/* Returns STDOUT_FILENO or STDERR_FILENO when st is the file that stream
+ * writes to, else -1. */
+static int standard_stream_of(const struct stat *st) {
+    static const int fds[2] = {STDOUT_FILENO, STDERR_FILENO};
+    int i;
+    for (i = 0; i < 2; i++) {
+        struct stat sf;
+        if (fstat(fds[i], &sf) == 0 && sf.st_dev == st->st_dev && sf.st_ino == st->st_ino) return fds[i];
+    }
+    return -1;
+}
+
+/* Returns 1 when path must be written in place, not through a temporary
+ * file. That is so when it exists and is not a regular file (a FIFO, or a
+ * device such as /dev/null or /dev/stdout), and when it is the file that
+ * llc's own stdout or stderr goes to. Sets *stream_fd to that stream's
+ * descriptor, or to -1. */
+static int output_is_stream(const char *path, int *stream_fd) {
+    struct stat st;
+    *stream_fd = -1;
+    if (stat(path, &st) != 0) return 0;
+    *stream_fd = standard_stream_of(&st);
+    return !S_ISREG(st.st_mode) || *stream_fd >= 0;
+}
+
 /* An output file written under a temporary name, flushed to disk and renamed
  * over the final path on commit, so readers never see a half-written file
- * and a failure or Ctrl-C leaves the previous file in place. */
+ * and a failure or Ctrl-C leaves the previous file in place. When the path
+ * is a symbolic link, the file it resolves to is replaced and the link
+ * stays. A stream (see output_is_stream) is written directly. */
 typedef struct {
     FILE *f;
-    char *path;
-    char *tmp_path;
+    char *path;       /* as given, for messages */
+    char *target;     /* the file replaced on commit: path with symbolic links followed */
+    char *tmp_path;   /* NULL when writing a stream directly */
 } AtomicFile;
 
 static int atomic_open(AtomicFile *af, const char *path) {
-    size_t n = strlen(path) + 32;
+    size_t n;
+    int stream_fd;
+    memset(af, 0, sizeof *af);
+    if (output_is_stream(path, &stream_fd)) {
+        /* A stream cannot be replaced by rename, so this write is not atomic:
+         * a failure or Ctrl-C can leave part of the output in it. An output
+         * to llc's own stdout or stderr goes through a duplicate of that
+         * descriptor, which shares its file offset, so the output neither
+         * truncates nor overwrites what llc prints there. */
+        if (stream_fd >= 0) {
+            int fd;
+            fflush(stream_fd == STDOUT_FILENO ? stdout : stderr);
+            fd = dup(stream_fd);
+            af->f = fd >= 0 ? fdopen(fd, "wb") : NULL;
+            if (!af->f && fd >= 0) close(fd);
+        } else {
+            af->f = fopen(path, "wb");
+        }
+        if (!af->f) {
+            fprintf(stderr, "%s: cannot write %s: %s\n", g_program, path, strerror(errno));
+            return -1;
+        }
+        af->path = xstrdup(path);
+        return 0;
+    }
+    af->target = resolve_symlinks(path);
+    if (!af->target) {
+        fprintf(stderr, "%s: cannot write %s: %s\n", g_program, path, strerror(errno));
+        return -1;
+    }
+    n = strlen(af->target) + 32;
     af->path = xstrdup(path);
     af->tmp_path = xmalloc(n, "a file name");
-    snprintf(af->tmp_path, n, "%s.tmp%ld", path, (long)getpid());
+    snprintf(af->tmp_path, n, "%s.tmp%ld", af->target, (long)getpid());
     af->f = fopen(af->tmp_path, "wb");
     if (!af->f) {
         fprintf(stderr, "%s: cannot write %s: creating the temporary file %s failed: %s\n", g_program, path,
                 af->tmp_path, strerror(errno));
         free(af->path);
+        free(af->target);
         free(af->tmp_path);
         return -1;
     }
@@ -244,20 +333,21 @@ static int atomic_open(AtomicFile *af, const char *path) {
 static void atomic_free(AtomicFile *af) {
     g_tmp_path = NULL;
     free(af->path);
+    free(af->target);
     free(af->tmp_path);
-    af->path = af->tmp_path = NULL;
+    af->path = af->target = af->tmp_path = NULL;
 }
 
 static int atomic_commit(AtomicFile *af) {
     int failed = ferror(af->f) != 0;
     failed |= fflush(af->f) != 0;
-    if (!failed && fsync(fileno(af->f)) != 0 && errno != EINVAL) failed = 1;   /* EINVAL: cannot sync */
+    if (!failed && af->tmp_path && fsync(fileno(af->f)) != 0 && errno != EINVAL) failed = 1;   /* EINVAL: cannot sync */
     failed |= fclose(af->f) != 0;
     af->f = NULL;
-    if (!failed && rename(af->tmp_path, af->path) != 0) failed = 1;
+    if (!failed && af->tmp_path && rename(af->tmp_path, af->target) != 0) failed = 1;
     if (failed) {
         fprintf(stderr, "%s: cannot write %s: %s\n", g_program, af->path, strerror(errno));
-        remove(af->tmp_path);
+        if (af->tmp_path) remove(af->tmp_path);
     }
     atomic_free(af);
     return failed ? -1 : 0;
@@ -4841,17 +4931,34 @@ static int make_dir(const char *path) {
 }
 
 /* Checks, before a long job starts, that path can be written: its folder
- * exists and is writable, and path is not a folder. Prints why not. */
+ * exists and is writable, and path is not a folder. A symbolic link is
+ * checked at the file it resolves to, and a stream (a FIFO or a device,
+ * see output_is_stream) must itself be writable. Prints why not. */
 static int check_writable(const char *path) {
-    char *folder = xstrdup(path), *slash = strrchr(folder, '/');
+    char *target, *folder, *slash;
     const char *dir = ".";
-    int ok = 1;
-    if (slash == folder) dir = "/";
-    else if (slash) *slash = 0, dir = folder;
+    int ok = 1, stream_fd;
     if (dir_exists(path)) {
         fprintf(stderr, "%s: cannot write %s: it is a folder\n", g_program, path);
-        ok = 0;
-    } else if (!dir_exists(dir)) {
+        return -1;
+    }
+    if (output_is_stream(path, &stream_fd)) {
+        if (stream_fd < 0 && access(path, W_OK) != 0) {
+            fprintf(stderr, "%s: cannot write %s: %s\n", g_program, path, strerror(errno));
+            return -1;
+        }
+        return 0;
+    }
+    target = resolve_symlinks(path);
+    if (!target) {
+        fprintf(stderr, "%s: cannot write %s: %s\n", g_program, path, strerror(errno));
+        return -1;
+    }
+    folder = xstrdup(target);
+    slash = strrchr(folder, '/');
+    if (slash == folder) dir = "/";
+    else if (slash) *slash = 0, dir = folder;
+    if (!dir_exists(dir)) {
         fprintf(stderr, "%s: cannot write %s: the folder %s does not exist\n", g_program, path, dir);
         ok = 0;
     } else if (access(dir, W_OK) != 0) {
@@ -4860,6 +4967,7 @@ static int check_writable(const char *path) {
         ok = 0;
     }
     free(folder);
+    free(target);
     return ok ? 0 : -1;
 }
 

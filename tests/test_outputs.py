@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Command-line tests of the files llc writes: symbolic links, FIFOs and
+stdout as outputs. Uses only the shipped models.
+
+Usage: python3 tests/test_outputs.py
+Prints one line per test: "ok NAME", "FAIL NAME: why" or "skip NAME: why".
+"""
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+
+from harness import LLC, WEIGHTS, expect, llc, run_tests
+
+SORT5 = os.path.join(WEIGHTS, "sort_n5.llcw")
+HIST5 = os.path.join(WEIGHTS, "hist_n5.llcw")
+TINY = ["--chains", 2, "--draws", 4, "--samples", 32, "--batch", 8, "--quiet"]
+TMP = tempfile.mkdtemp(prefix="llc-outputs-")
+
+
+def fresh_folder(name):
+    """Returns an empty folder TMP/name."""
+    folder = os.path.join(TMP, name)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    return folder
+
+
+def expect_status(result, status, *fragments):
+    expect(result.returncode == status,
+           f"exit status {result.returncode}, expected {status}; stderr: {result.stderr.strip()[:300]}")
+    for fragment in fragments:
+        expect(fragment in result.stderr, f"stderr lacks {fragment!r}: {result.stderr.strip()[:300]}")
+
+
+def leftover_temporary_files(*folders):
+    return [name for folder in folders for name in os.listdir(folder) if ".tmp" in name]
+
+
+# Symbolic links, FIFOs and stdout as outputs ---------------------------------
+
+def test_symlink_output_written_through():
+    folder = fresh_folder("link")
+    os.makedirs(os.path.join(folder, "real"))
+    link = os.path.join(folder, "out.json")
+    os.symlink(os.path.join("real", "t.json"), link)
+    expect_status(llc("estimate", SORT5, *TINY, "--json", link), 0)
+    expect(os.path.islink(link), "the symbolic link was replaced by a file")
+    expect(os.readlink(link) == os.path.join("real", "t.json"), f"the link now points to {os.readlink(link)}")
+    with open(os.path.join(folder, "real", "t.json")) as f:
+        expect(json.load(f)["program"] == "sort", "the link's target lacks the results")
+    leftovers = leftover_temporary_files(folder, os.path.join(folder, "real"))
+    expect(not leftovers, f"temporary files left behind: {leftovers}")
+
+
+def test_symlink_output_replaces_existing_target():
+    folder = fresh_folder("link_existing")
+    target = os.path.join(folder, "trace.csv")
+    with open(target, "w") as f:
+        f.write("old\n")
+    link = os.path.join(folder, "trace_link.csv")
+    os.symlink("trace.csv", link)
+    expect_status(llc("estimate", SORT5, *TINY, "--trace", link), 0)
+    expect(os.path.islink(link), "the symbolic link was replaced by a file")
+    with open(target) as f:
+        expect(f.readline() == "chain,draw,step,loss\n", "the link's target still has the old text")
+
+
+def test_fifo_output_written_directly():
+    folder = fresh_folder("fifo")
+    fifo = os.path.join(folder, "trace.fifo")
+    os.mkfifo(fifo)
+    # A reader opened without blocking lets llc's open for writing succeed.
+    # The trace of 2 x 4 draws fits in the FIFO's buffer, so llc never waits.
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        result = llc("estimate", SORT5, *TINY, "--trace", fifo, timeout=60)
+        received = b""
+        while True:
+            try:
+                chunk = os.read(reader, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            received += chunk
+    finally:
+        os.close(reader)
+    expect_status(result, 0)
+    expect(stat.S_ISFIFO(os.lstat(fifo).st_mode), "the FIFO was replaced by a regular file")
+    expect(received.startswith(b"chain,draw,step,loss\n"), f"the FIFO's reader got {received[:60]!r}")
+    expect(len(received.decode().strip().split("\n")) == 9, f"the FIFO's reader got {received!r}")
+    expect(not leftover_temporary_files(folder), "a temporary file was left next to the FIFO")
+
+
+def test_stdout_pipe_as_output():
+    # Through a link in the test folder: a build that still renames over its
+    # outputs replaces this link, never /dev/stdout itself.
+    folder = fresh_folder("stdout_pipe")
+    link = os.path.join(folder, "stdout.json")
+    os.symlink("/dev/stdout", link)
+    result = llc("estimate", SORT5, *TINY, "--json", link)
+    expect_status(result, 0)
+    expect(os.path.islink(link), "the link to /dev/stdout was replaced")
+    data = json.loads(result.stdout[result.stdout.index("{"):])
+    expect(data["program"] == "sort", "the JSON on stdout lacks the program")
+
+
+def test_stdout_file_keeps_summary():
+    folder = fresh_folder("stdout_file")
+    link = os.path.join(folder, "stdout.json")
+    os.symlink("/dev/stdout", link)
+    captured = os.path.join(folder, "captured.txt")
+    with open(captured, "w") as out:
+        status = subprocess.run([LLC, "estimate", SORT5, *map(str, TINY), "--json", link], stdout=out,
+                                stderr=subprocess.PIPE, timeout=60).returncode
+    expect(status == 0, f"exit status {status}")
+    expect(os.path.islink(link), "the link to /dev/stdout was replaced")
+    with open(captured) as f:
+        text = f.read()
+    expect(text.startswith("model "), f"the summary on stdout was overwritten: {text[:80]!r}")
+    expect(json.loads(text[text.index("{"):])["program"] == "sort", "the JSON after the summary is not valid")
+
+
+def test_symlink_output_folder_checked():
+    folder = fresh_folder("dangling")
+    link = os.path.join(folder, "out.json")
+    os.symlink(os.path.join("missing", "t.json"), link)
+    result = llc("estimate", SORT5, *TINY, "--json", link)
+    expect_status(result, 1, "missing", "does not exist")
+
+
+if __name__ == "__main__":
+    sys.exit(run_tests(globals(), "output files", TMP))
