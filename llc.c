@@ -353,6 +353,51 @@ static int atomic_commit(AtomicFile *af) {
     return failed ? -1 : 0;
 }
 
+/* The absolute path that writing path creates or replaces: symbolic links
+ * followed, then its folder resolved with realpath. NULL when the folder
+ * does not exist. */
+static char *output_file_key(const char *path) {
+    char *target = resolve_symlinks(path), *slash, *folder, *key = NULL;
+    const char *base;
+    if (!target) return NULL;
+    slash = strrchr(target, '/');
+    if (slash) {
+        *slash = 0;
+        folder = realpath(slash == target ? "/" : target, NULL);
+        base = slash + 1;
+    } else {
+        folder = realpath(".", NULL);
+        base = target;
+    }
+    if (folder) {
+        size_t n = strlen(folder) + strlen(base) + 2;
+        key = xmalloc(n, "a path");
+        snprintf(key, n, "%s/%s", strcmp(folder, "/") ? folder : "", base);
+    }
+    free(folder);
+    free(target);
+    return key;
+}
+
+/* Returns 1 when writing output would replace or feed the file named by
+ * other: the same existing file (hard and symbolic links included), or the
+ * same new path once links and folders are resolved. Character devices such
+ * as /dev/null or a terminal never count, because writing several outputs
+ * to one replaces nothing. */
+static int output_overlaps(const char *output, const char *other) {
+    struct stat so, sb;
+    char *a, *b;
+    int same;
+    if (stat(output, &so) == 0 && stat(other, &sb) == 0)
+        return so.st_dev == sb.st_dev && so.st_ino == sb.st_ino && !S_ISCHR(so.st_mode);
+    a = output_file_key(output);
+    b = output_file_key(other);
+    same = a && b ? !strcmp(a, b) : !strcmp(output, other);
+    free(a);
+    free(b);
+    return same;
+}
+
 /* A streaming JSON writer with two-space indentation. Non-finite numbers
  * are written as null, because JSON has no NaN or infinity. */
 typedef struct {
@@ -4977,6 +5022,32 @@ static int same_file(const char *a, const char *b) {
     return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 
+/* A file named on the command line: the option or argument that names it
+ * ("--json", "MODEL") and its path, or NULL when it is not given. */
+typedef struct {
+    const char *name;
+    const char *path;
+} CommandFile;
+
+/* Exits with a usage error when an output is the same file as an input or
+ * as another output, because writing it would destroy a file that the
+ * command reads or writes. files[0, n_inputs) are the inputs and
+ * files[n_inputs, n_files) the outputs. */
+static void check_outputs_distinct(const Command *cmd, const CommandFile *files, int n_inputs, int n_files) {
+    int i, j;
+    for (i = n_inputs; i < n_files; i++) {
+        if (!files[i].path) continue;
+        for (j = 0; j < i; j++) {
+            if (!files[j].path || !output_overlaps(files[i].path, files[j].path)) continue;
+            if (j < n_inputs)
+                usage_error(cmd, "%s %s is the same file as the input %s %s; write %s to another file",
+                            files[i].name, files[i].path, files[j].name, files[j].path, files[i].name);
+            usage_error(cmd, "%s %s and %s %s name the same file; give them different files", files[j].name,
+                        files[j].path, files[i].name, files[i].path);
+        }
+    }
+}
+
 /* The path of the file `target` relative to the folder `from_dir`, both
  * resolved with realpath; NULL when either cannot be resolved. */
 static char *relative_path(const char *target, const char *from_dir) {
@@ -6024,8 +6095,11 @@ static int cmd_estimate(int argc, char **argv) {
     if (!q.inputs && q.s.batch > q.n_samples)
         usage_error(&cmd, "--batch %d is larger than --samples %d; use a batch of at most the samples", q.s.batch,
                     q.n_samples);
-    if (q.json_path && q.trace_path && (!strcmp(q.json_path, q.trace_path) || same_file(q.json_path, q.trace_path)))
-        usage_error(&cmd, "--json and --trace name the same file %s; give them different files", q.json_path);
+    {
+        const CommandFile files[] = {{"MODEL", q.model_path}, {"--teacher", q.teacher_path}, {"--inputs", q.inputs},
+                                     {"--json", q.json_path},  {"--trace", q.trace_path}};
+        check_outputs_distinct(&cmd, files, 3, 5);
+    }
     if ((q.json_path && check_writable(q.json_path) != 0) || (q.trace_path && check_writable(q.trace_path) != 0))
         return 1;
     return estimate_job(&q);
@@ -6218,7 +6292,10 @@ static int cmd_distill(int argc, char **argv) {
     g_quiet = quiet;
     if (!out) usage_error(&cmd, "missing -o STUDENT");
     if (!isfinite(ds.shrink)) usage_error(&cmd, "missing --shrink F");
-    if (same_file(out, pos[0])) usage_error(&cmd, "-o %s is the teacher itself; choose another file", out);
+    {
+        const CommandFile files[] = {{"TEACHER", pos[0]}, {"-o", out}, {"--json", json_path}};
+        check_outputs_distinct(&cmd, files, 1, 3);
+    }
     if (check_writable(out) != 0 || (json_path && check_writable(json_path) != 0)) return 1;
 
     load_model_or_exit(&teacher, pos[0]);
@@ -6613,6 +6690,15 @@ static int cmd_landscape(int argc, char **argv) {
     if ((long)ls.batches * ls.batch > n_samples)
         usage_error(&cmd, "--samples (%d) must be at least --batches * --batch (%ld)", n_samples,
                     (long)ls.batches * ls.batch);
+    {
+        CommandFile files[MAX_LANDSCAPES + 4];
+        for (i = 0; i < n_models; i++) files[i] = (CommandFile){"MODEL", paths[i]};
+        files[n_models] = (CommandFile){"--teacher", teacher_arg};
+        files[n_models + 1] = (CommandFile){"--csv", csv_path};
+        files[n_models + 2] = (CommandFile){"--json", json_path};
+        files[n_models + 3] = (CommandFile){"--svg", svg_path};
+        check_outputs_distinct(&cmd, files, n_models + 1, n_models + 4);
+    }
     if ((csv_path && check_writable(csv_path)) || (json_path && check_writable(json_path)) ||
         (svg_path && check_writable(svg_path)))
         return 1;
@@ -6808,6 +6894,11 @@ static int cmd_calibrate(int argc, char **argv) {
     if (s.batch > n_samples)
         usage_error(&cmd, "--batch %d is larger than --samples %d; use a batch of at most the samples", s.batch,
                     n_samples);
+    {
+        const CommandFile files[] = {{"MODEL", pos[0]}, {"--teacher", teacher_arg}, {"--csv", csv_path},
+                                     {"--svg", svg_path}};
+        check_outputs_distinct(&cmd, files, 2, 4);
+    }
     if ((csv_path && check_writable(csv_path)) || (svg_path && check_writable(svg_path))) return 1;
     load_model_or_exit(&m, pos[0]);
     has_teacher = load_teacher(&teacher, &m, pos[0], teacher_arg, NULL, 0);

@@ -1049,6 +1049,38 @@ static void test_json_parse_bounds(void) {
     }
 }
 
+/* Outputs count as the same file as another path through "." in the path,
+ * a symbolic link (dangling too) or a hard link, but not when both are one
+ * character device. Only stat looks at /dev/null here. */
+static void test_output_overlaps(void) {
+    char folder[] = "/tmp/llc_test_overlaps.XXXXXX", a[80], b[80], dotted[80], symbolic[80], hard[80];
+    FILE *f;
+    if (!mkdtemp(folder)) {
+        CHECK(0, "mkdtemp failed: %s", strerror(errno));
+        return;
+    }
+    snprintf(a, sizeof a, "%s/a", folder);
+    snprintf(b, sizeof b, "%s/b", folder);
+    snprintf(dotted, sizeof dotted, "%s/./a", folder);
+    snprintf(symbolic, sizeof symbolic, "%s/symbolic", folder);
+    snprintf(hard, sizeof hard, "%s/hard", folder);
+    CHECK(output_overlaps(a, dotted) == 1, "a new file and its path through \".\" differ");
+    CHECK(output_overlaps(a, b) == 0, "two new files in one folder overlap");
+    CHECK(symlink("a", symbolic) == 0, "symlink failed: %s", strerror(errno));
+    CHECK(output_overlaps(symbolic, a) == 1, "a dangling link and its target differ");
+    f = fopen(a, "w");
+    CHECK(f != NULL, "cannot create %s", a);
+    if (f) fclose(f);
+    CHECK(link(a, hard) == 0, "link failed: %s", strerror(errno));
+    CHECK(output_overlaps(hard, a) == 1, "a hard link and its file differ");
+    CHECK(output_overlaps(symbolic, a) == 1, "a link and its existing target differ");
+    CHECK(output_overlaps("/dev/null", "/dev/null") == 0, "/dev/null counts as one file for two outputs");
+    remove(hard);
+    remove(symbolic);
+    remove(a);
+    rmdir(folder);
+}
+
 static void test_default_nbeta(void) {
     CHECK(fabs(sgld_default_nbeta(32) - 32 / log(32.0)) < 1e-12, "B=32");
     CHECK(sgld_default_nbeta(1) == 1.0, "B=1 gives %g", sgld_default_nbeta(1));
@@ -1417,6 +1449,7 @@ int main(int argc, char **argv) {
     run_test("adam two steps", test_adam_two_steps);
     run_test("default nbeta", test_default_nbeta);
     run_test("json parse bounds", test_json_parse_bounds);
+    run_test("output overlaps", test_output_overlaps);
     run_test("sgld zero noise is descent", test_sgld_zero_noise_is_gradient_descent);
     run_test("sgld seeded repeat and threads", test_sgld_seeded_repeat_and_threads);
     run_test("sgld draw rule and divergence", test_sgld_draw_rule_and_divergence);

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Command-line tests of the files llc writes: symbolic links, FIFOs and
-stdout as outputs. Uses only the shipped models.
+stdout as outputs, and outputs that are the same file as an input or as
+another output. Uses only the shipped models.
 
 Usage: python3 tests/test_outputs.py
 Prints one line per test: "ok NAME", "FAIL NAME: why" or "skip NAME: why".
@@ -132,6 +133,109 @@ def test_symlink_output_folder_checked():
     os.symlink(os.path.join("missing", "t.json"), link)
     result = llc("estimate", SORT5, *TINY, "--json", link)
     expect_status(result, 1, "missing", "does not exist")
+
+
+# Outputs that are inputs or other outputs -------------------------------------
+
+def copy_model(folder, name="model.llcw", source=SORT5):
+    path = os.path.join(folder, name)
+    shutil.copy(source, path)
+    return path
+
+
+def expect_unchanged(path, source):
+    with open(path, "rb") as a, open(source, "rb") as b:
+        expect(a.read() == b.read(), f"{os.path.basename(path)} was overwritten")
+
+
+def test_estimate_json_is_model():
+    folder = fresh_folder("estimate_model")
+    model = copy_model(folder)
+    result = llc("estimate", model, *TINY, "--json", model)
+    expect_status(result, 2, "--json", "same file as the input MODEL")
+    expect(result.stderr.count(model) == 2, f"the message does not name both paths: {result.stderr.strip()}")
+    expect_unchanged(model, SORT5)
+
+
+def test_estimate_trace_is_inputs():
+    folder = fresh_folder("estimate_inputs")
+    inputs = os.path.join(folder, "inputs.txt")
+    with open(inputs, "w") as f:
+        f.write("1 2 3\n3 2 1\n")
+    result = llc("estimate", SORT5, *TINY, "--inputs", inputs, "--trace", inputs)
+    expect_status(result, 2, "--trace", "same file as the input --inputs")
+    with open(inputs) as f:
+        expect(f.read() == "1 2 3\n3 2 1\n", "the inputs file was overwritten")
+
+
+def test_estimate_json_is_teacher_via_link():
+    folder = fresh_folder("estimate_teacher")
+    teacher = copy_model(folder, "teacher.llcw")
+    link = os.path.join(folder, "link.json")
+    os.symlink("teacher.llcw", link)
+    result = llc("estimate", SORT5, *TINY, "--teacher", teacher, "--json", link)
+    expect_status(result, 2, "same file as the input --teacher")
+    expect_unchanged(teacher, SORT5)
+
+
+def test_estimate_outputs_same_new_file():
+    folder = fresh_folder("estimate_outputs")
+    json_path = os.path.join(folder, "out")
+    trace_path = os.path.join(folder, ".", "out")
+    result = llc("estimate", SORT5, *TINY, "--json", json_path, "--trace", trace_path)
+    expect_status(result, 2, "name the same file")
+    expect(not os.path.exists(json_path), "the output was written")
+
+
+def test_landscape_svg_is_model():
+    folder = fresh_folder("landscape")
+    model = copy_model(folder)
+    result = llc("landscape", model, "--grid", 3, "--batches", 2, "--batch", 4, "--samples", 8, "--quiet",
+                 "--svg", model)
+    expect_status(result, 2, "--svg", "same file as the input MODEL")
+    expect_unchanged(model, SORT5)
+
+
+def test_landscape_csv_is_second_model():
+    folder = fresh_folder("landscape_second")
+    model = copy_model(folder, "second.llcw")
+    result = llc("landscape", SORT5, model, "--grid", 3, "--batches", 2, "--batch", 4, "--samples", 8, "--quiet",
+                 "--csv", model)
+    expect_status(result, 2, "--csv", "same file as the input MODEL")
+    expect_unchanged(model, SORT5)
+
+
+def test_calibrate_csv_is_teacher():
+    folder = fresh_folder("calibrate")
+    teacher = copy_model(folder, "teacher.llcw")
+    result = llc("calibrate", SORT5, "--teacher", teacher, "--lr-grid", "1e-5", "--nbeta-grid", 1, *TINY,
+                 "--csv", teacher)
+    expect_status(result, 2, "--csv", "same file as the input --teacher")
+    expect_unchanged(teacher, SORT5)
+
+
+def test_calibrate_csv_and_svg_same():
+    folder = fresh_folder("calibrate_outputs")
+    path = os.path.join(folder, "grid")
+    result = llc("calibrate", SORT5, "--lr-grid", "1e-5", "--nbeta-grid", 1, *TINY, "--csv", path, "--svg", path)
+    expect_status(result, 2, "--csv", "--svg", "name the same file")
+
+
+def test_distill_json_is_student():
+    folder = fresh_folder("distill")
+    student = os.path.join(folder, "student.llcw")
+    result = llc("distill", SORT5, "-o", student, "--json", student, "--shrink", 0.5, "--steps", 2, "--quiet")
+    expect_status(result, 2, "-o", "--json", "name the same file")
+    expect(not os.path.exists(student), "the student was written")
+
+
+def test_distill_json_is_teacher():
+    folder = fresh_folder("distill_teacher")
+    teacher = copy_model(folder, "teacher.llcw")
+    result = llc("distill", teacher, "-o", os.path.join(folder, "s.llcw"), "--json", teacher, "--shrink", 0.5,
+                 "--steps", 2, "--quiet")
+    expect_status(result, 2, "--json", "same file as the input TEACHER")
+    expect_unchanged(teacher, SORT5)
 
 
 if __name__ == "__main__":
