@@ -480,6 +480,11 @@ static void json_int(Json *j, const char *key, long long value) {
     fprintf(j->f, "%lld", value);
 }
 
+static void json_uint(Json *j, const char *key, unsigned long long value) {
+    json_item(j, key);
+    fprintf(j->f, "%llu", value);
+}
+
 static void json_bool(Json *j, const char *key, int value) {
     json_item(j, key);
     fputs(value ? "true" : "false", j->f);
@@ -492,6 +497,8 @@ typedef enum { JSON_NULL, JSON_BOOL, JSON_NUMBER, JSON_STRING, JSON_ARRAY, JSON_
 typedef struct JsonValue {
     JsonType type;
     double number;             /* JSON_NUMBER, and 0/1 for JSON_BOOL */
+    unsigned long long integer;   /* exact value of a JSON_NUMBER when is_integer */
+    int is_integer;            /* the number is written as digits only and is below 2^64 */
     char *string;              /* JSON_STRING */
     int n;                     /* items of an array or object */
     struct JsonValue *items;
@@ -650,6 +657,12 @@ static int json_parse_value(JsonParser *jp, JsonValue *v) {
         v->type = JSON_NUMBER;
         v->number = strtod(buf, &end);
         if (len == 0 || *end) return json_fail(jp, "invalid value");
+        /* a double holds integers exactly only up to 2^53, and seeds go up to 2^64 - 1 */
+        if (strspn(buf, "0123456789") == len) {
+            errno = 0;
+            v->integer = strtoull(buf, NULL, 10);
+            v->is_integer = errno == 0;
+        }
         jp->p += len;
     }
     jp->depth--;
@@ -685,6 +698,15 @@ static const JsonValue *json_get(const JsonValue *v, const char *key) {
 static double json_number(const JsonValue *v, const char *key, double fallback) {
     const JsonValue *x = json_get(v, key);
     return x && (x->type == JSON_NUMBER || x->type == JSON_BOOL) ? x->number : fallback;
+}
+
+/* Stores the integer at key in *out and returns 1 when it is written as
+ * digits only and fits 64 bits unsigned; returns 0 otherwise. */
+static int json_uint64(const JsonValue *v, const char *key, unsigned long long *out) {
+    const JsonValue *x = json_get(v, key);
+    if (!x || x->type != JSON_NUMBER || !x->is_integer) return 0;
+    *out = x->integer;
+    return 1;
 }
 
 static const char *json_string(const JsonValue *v, const char *key) {
@@ -5755,7 +5777,7 @@ static void write_estimate_json(FILE *f, const EstimateInfo *info, const SgldSet
     json_int(&j, "every", s->every);
     json_int(&j, "batch", s->batch);
     json_int(&j, "samples", info->n_samples);
-    json_int(&j, "seed", (long long)s->seed);
+    json_uint(&j, "seed", s->seed);
     json_str(&j, "inputs", q->inputs);
     json_str(&j, "teacher", info->teacher_path);
     json_str(&j, "precision", LLC_REAL_NAME);
@@ -6245,7 +6267,7 @@ static void write_distill_json(FILE *f, const char *teacher_path, const char *st
     json_int(&j, "steps", ds->steps);
     json_num(&j, "lr", ds->lr);
     json_int(&j, "batch", ds->batch);
-    json_int(&j, "seed", (long long)ds->seed);
+    json_uint(&j, "seed", ds->seed);
     json_int(&j, "eval_samples", ds->eval_samples);
     json_num(&j, "tolerance", ds->tolerance);
     json_object_end(&j);
@@ -6782,7 +6804,7 @@ static int cmd_landscape(int argc, char **argv) {
         json_int(&js, "grid", ls.grid);
         json_num(&js, "span", ls.span);
         json_str(&js, "scale", ls.scale_by_norm ? "norm" : "raw");
-        json_int(&js, "seed", (long long)ls.seed);
+        json_uint(&js, "seed", ls.seed);
         json_object_end(&js);
         json_array(&js, "landscapes");
         for (i = 0; i < n_models; i++) {
@@ -7147,7 +7169,7 @@ static int write_skipped_job(const char *path, const SweepJob *job, const Estima
     json_int(&j, "every", q->s.every);
     json_int(&j, "batch", q->s.batch);
     json_int(&j, "samples", q->n_samples);
-    json_int(&j, "seed", (long long)q->s.seed);
+    json_uint(&j, "seed", q->s.seed);
     json_object_end(&j);
     json_object_end(&j);
     return atomic_commit(&af);
@@ -7187,8 +7209,8 @@ static int job_settings_match(const char *path, const EstimateRequest *q, double
     struct { const char *key; double want; } numbers[] = {
         {"base_lr", base_lr}, {"lr_ref_params", q->lr_ref_params}, {"nbeta", nbeta},
         {"localization", q->s.localization}, {"chains", q->s.chains}, {"draws", q->s.draws},
-        {"burnin", q->s.burnin}, {"every", q->s.every}, {"batch", q->s.batch}, {"samples", q->n_samples},
-        {"seed", (double)q->s.seed}};
+        {"burnin", q->s.burnin}, {"every", q->s.every}, {"batch", q->s.batch}, {"samples", q->n_samples}};
+    unsigned long long seed;
     size_t k;
     int rc = 0;
     if (!text || json_parse(text, len, &v, &error) != 0) {
@@ -7203,6 +7225,13 @@ static int job_settings_match(const char *path, const EstimateRequest *q, double
             snprintf(why, n, "%s %g there, %g now", numbers[k].key, got, numbers[k].want);
             rc = -1;
         }
+    }
+    if (rc == 0 && !json_uint64(st, "seed", &seed)) {
+        snprintf(why, n, "no seed there, %llu now", (unsigned long long)q->s.seed);
+        rc = -1;
+    } else if (rc == 0 && seed != q->s.seed) {
+        snprintf(why, n, "seed %llu there, %llu now", seed, (unsigned long long)q->s.seed);
+        rc = -1;
     }
     loss = json_string(st, "loss_arg");
     if (rc == 0 && (!loss || strcmp(loss, q->loss_arg) != 0)) {
@@ -7222,7 +7251,9 @@ typedef struct {
     char program[64];
     int max_seq_len;
     double n_params, n_nonzero, sparsity, lr, base_lr, nbeta, chains, draws, llc_mean, llc_std, diverged, init_loss,
-        seconds, seed;
+        seconds;
+    unsigned long long seed;
+    int has_seed;
     char lr_scale[16];
     char status[160];
 } ResultRow;
@@ -7300,7 +7331,7 @@ static int collect_results(const char *dir, int *n_bad) {
         r->nbeta = json_number(settings, "nbeta", NAN);
         r->chains = json_number(settings, "chains", NAN);
         r->draws = json_number(settings, "draws", NAN);
-        r->seed = json_number(settings, "seed", NAN);
+        r->has_seed = json_uint64(settings, "seed", &r->seed);
         r->llc_mean = json_number(&v, "llc_mean", NAN);
         r->llc_std = json_number(&v, "llc_std", NAN);
         r->init_loss = json_number(&v, "init_loss", NAN);
@@ -7341,7 +7372,9 @@ static int collect_results(const char *dir, int *n_bad) {
         csv_number(af.f, r->init_loss, "%.9g");
         fputc(',', af.f);
         csv_number(af.f, r->seconds, "%.3f");
-        fprintf(af.f, ",%.0f,%.9g,%s,%s\n", r->seed, r->base_lr, r->lr_scale, r->status);
+        fputc(',', af.f);
+        if (r->has_seed) fprintf(af.f, "%llu", r->seed);
+        fprintf(af.f, ",%.9g,%s,%s\n", r->base_lr, r->lr_scale, r->status);
     }
     free(rows);
     if (atomic_commit(&af) != 0) return -1;

@@ -1049,6 +1049,35 @@ static void test_json_parse_bounds(void) {
     }
 }
 
+/* Numbers written as digits only keep their exact value up to 2^64 - 1,
+ * beyond the 2^53 that a double holds exactly. */
+static void test_json_exact_integers(void) {
+    static const struct { const char *text; int exact; unsigned long long value; } cases[] = {
+        {"{\"seed\": 18446744073709551615}", 1, 18446744073709551615ULL},
+        {"{\"seed\": 9007199254740993}", 1, 9007199254740993ULL},
+        {"{\"seed\": 0}", 1, 0},
+        {"{\"seed\": 18446744073709551616}", 0, 0},
+        {"{\"seed\": -1}", 0, 0},
+        {"{\"seed\": 1e3}", 0, 0},
+        {"{\"seed\": 5.0}", 0, 0},
+        {"{\"seed\": \"5\"}", 0, 0}};
+    size_t k;
+    for (k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        JsonValue v;
+        const char *error = NULL;
+        unsigned long long seed = 0;
+        int exact;
+        if (json_parse(cases[k].text, strlen(cases[k].text), &v, &error) != 0) {
+            CHECK(0, "%s does not parse: %s", cases[k].text, error);
+            continue;
+        }
+        exact = json_uint64(&v, "seed", &seed);
+        CHECK(exact == cases[k].exact, "%s: json_uint64 returned %d", cases[k].text, exact);
+        CHECK(!exact || seed == cases[k].value, "%s: read %llu", cases[k].text, seed);
+        json_value_free(&v);
+    }
+}
+
 /* Outputs count as the same file as another path through "." in the path,
  * a symbolic link (dangling too) or a hard link, but not when both are one
  * character device. Only stat looks at /dev/null here. */
@@ -1449,6 +1478,7 @@ int main(int argc, char **argv) {
     run_test("adam two steps", test_adam_two_steps);
     run_test("default nbeta", test_default_nbeta);
     run_test("json parse bounds", test_json_parse_bounds);
+    run_test("json exact integers", test_json_exact_integers);
     run_test("output overlaps", test_output_overlaps);
     run_test("sgld zero noise is descent", test_sgld_zero_noise_is_gradient_descent);
     run_test("sgld seeded repeat and threads", test_sgld_seeded_repeat_and_threads);

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Command-line tests of the files llc writes: symbolic links, FIFOs and
-stdout as outputs, and outputs that are the same file as an input or as
-another output. Uses only the shipped models.
+stdout as outputs, outputs that are the same file as an input or as another
+output, and seeds up to 2^64 - 1. Uses only the shipped models.
 
 Usage: python3 tests/test_outputs.py
 Prints one line per test: "ok NAME", "FAIL NAME: why" or "skip NAME: why".
 """
 
+import csv
 import json
 import os
 import shutil
@@ -18,7 +19,6 @@ import tempfile
 from harness import LLC, WEIGHTS, expect, llc, run_tests
 
 SORT5 = os.path.join(WEIGHTS, "sort_n5.llcw")
-HIST5 = os.path.join(WEIGHTS, "hist_n5.llcw")
 TINY = ["--chains", 2, "--draws", 4, "--samples", 32, "--batch", 8, "--quiet"]
 TMP = tempfile.mkdtemp(prefix="llc-outputs-")
 
@@ -236,6 +236,67 @@ def test_distill_json_is_teacher():
                  "--steps", 2, "--quiet")
     expect_status(result, 2, "--json", "same file as the input TEACHER")
     expect_unchanged(teacher, SORT5)
+
+
+# Seeds up to 2^64 - 1, written and compared exactly --------------------------
+
+MAX_SEED = 2**64 - 1
+# One sweep job, small enough to take well under a second.
+SWEEP = ["sweep", "--programs", "hist", "--lengths", 5, "--lr", "1e-5", "--draws", 4, "--chains", 2,
+         "--samples", 64, "--batch", 8, "--nbeta", 2, "--quiet"]
+
+
+def results_rows(folder):
+    with open(os.path.join(folder, "results.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_estimate_json_max_seed():
+    path = os.path.join(fresh_folder("seed_estimate"), "out.json")
+    expect_status(llc("estimate", SORT5, *TINY, "--seed", MAX_SEED, "--json", path), 0)
+    with open(path) as f:
+        seed = json.load(f)["settings"]["seed"]
+    expect(seed == MAX_SEED, f"seed {seed} in the JSON, expected {MAX_SEED}")
+
+
+def test_distill_json_max_seed():
+    folder = fresh_folder("seed_distill")
+    path = os.path.join(folder, "out.json")
+    result = llc("distill", SORT5, "-o", os.path.join(folder, "s.llcw"), "--shrink", 0.5, "--steps", 2,
+                 "--eval-samples", 8, "--seed", MAX_SEED, "--json", path, "--quiet")
+    expect_status(result, 0)
+    with open(path) as f:
+        seed = json.load(f)["settings"]["seed"]
+    expect(seed == MAX_SEED, f"seed {seed} in the JSON, expected {MAX_SEED}")
+
+
+def test_landscape_json_max_seed():
+    path = os.path.join(fresh_folder("seed_landscape"), "out.json")
+    result = llc("landscape", SORT5, "--grid", 3, "--batches", 2, "--batch", 4, "--samples", 8, "--quiet",
+                 "--seed", MAX_SEED, "--json", path)
+    expect_status(result, 0)
+    with open(path) as f:
+        seed = json.load(f)["settings"]["seed"]
+    expect(seed == MAX_SEED, f"seed {seed} in the JSON, expected {MAX_SEED}")
+
+
+def test_sweep_resume_max_seed():
+    folder = os.path.join(fresh_folder("seed_sweep_max"), "sweep")
+    expect_status(llc(*SWEEP, "--seed", MAX_SEED, "--out", folder), 0)
+    again = llc(*SWEEP, "--seed", MAX_SEED, "--out", folder)
+    expect_status(again, 0)
+    expect("1 done before" in again.stdout, f"the finished job was not recognised: {again.stdout.strip()}")
+    seeds = [row["seed"] for row in results_rows(folder)]
+    expect(seeds == [str(MAX_SEED)], f"seeds in results.csv: {seeds}")
+
+
+def test_sweep_resume_close_seed():
+    folder = os.path.join(fresh_folder("seed_sweep_close"), "sweep")
+    expect_status(llc(*SWEEP, "--seed", 10**12, "--out", folder), 0)
+    again = llc(*SWEEP, "--seed", 10**12 + 1, "--out", folder)
+    expect_status(again, 1, "other settings", f"seed {10**12} there, {10**12 + 1} now")
+    seeds = [row["seed"] for row in results_rows(folder)]
+    expect(seeds == [str(10**12)], f"seeds in results.csv: {seeds}")
 
 
 if __name__ == "__main__":
