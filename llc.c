@@ -7221,8 +7221,9 @@ static int job_settings_match(const char *path, const EstimateRequest *q, double
     st = json_get(&v, "settings");
     for (k = 0; k < sizeof numbers / sizeof numbers[0] && rc == 0; k++) {
         double got = json_number(st, numbers[k].key, NAN);
-        if (!(fabs(got - numbers[k].want) <= 1e-9 * fabs(numbers[k].want))) {
-            snprintf(why, n, "%s %g there, %g now", numbers[k].key, got, numbers[k].want);
+        /* json_num writes 9 significant digits, which round by up to 5e-9 of the value */
+        if (!(fabs(got - numbers[k].want) <= 1e-8 * fabs(numbers[k].want))) {
+            snprintf(why, n, "%s %.9g there, %.9g now", numbers[k].key, got, numbers[k].want);
             rc = -1;
         }
     }

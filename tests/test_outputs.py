@@ -243,7 +243,7 @@ def test_distill_json_is_teacher():
 MAX_SEED = 2**64 - 1
 # One sweep job, small enough to take well under a second.
 SWEEP = ["sweep", "--programs", "hist", "--lengths", 5, "--lr", "1e-5", "--draws", 4, "--chains", 2,
-         "--samples", 64, "--batch", 8, "--nbeta", 2, "--quiet"]
+         "--samples", 64, "--batch", 8, "--quiet"]
 
 
 def results_rows(folder):
@@ -288,6 +288,16 @@ def test_sweep_resume_max_seed():
     expect("1 done before" in again.stdout, f"the finished job was not recognised: {again.stdout.strip()}")
     seeds = [row["seed"] for row in results_rows(folder)]
     expect(seeds == [str(MAX_SEED)], f"seeds in results.csv: {seeds}")
+
+
+def test_sweep_resume_default_nbeta():
+    # The default nbeta at batch 8, 8 / ln 8 = 3.8471867757..., is written
+    # as 3.84718678: 1.1e-9 of the value away.
+    folder = os.path.join(fresh_folder("sweep_nbeta"), "sweep")
+    expect_status(llc(*SWEEP, "--out", folder), 0)
+    again = llc(*SWEEP, "--out", folder)
+    expect_status(again, 0)
+    expect("1 done before" in again.stdout, f"the finished job was not recognised: {again.stdout.strip()}")
 
 
 def test_sweep_resume_close_seed():
