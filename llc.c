@@ -412,11 +412,50 @@ static void json_init(Json *j, FILE *f) {
     j->f = f;
 }
 
+/* Returns the length (1 to 4) of the valid UTF-8 sequence at s, or 0 when
+ * s[0] starts none. Stray continuation bytes, overlong forms, UTF-16
+ * surrogates, code points above U+10FFFF and cut-short sequences are
+ * invalid. Reads no byte past a NUL. */
+static int utf8_sequence_length(const unsigned char *s) {
+    unsigned char lo = 0x80, hi = 0xbf;   /* the valid range of the second byte */
+    int n, k;
+    if (s[0] < 0x80) return 1;
+    if (s[0] < 0xc2) return 0;
+    if (s[0] < 0xe0) {
+        n = 2;
+    } else if (s[0] < 0xf0) {
+        n = 3;
+        if (s[0] == 0xe0) lo = 0xa0;   /* overlong below U+0800 */
+        if (s[0] == 0xed) hi = 0x9f;   /* surrogates U+D800..U+DFFF */
+    } else if (s[0] < 0xf5) {
+        n = 4;
+        if (s[0] == 0xf0) lo = 0x90;   /* overlong below U+10000 */
+        if (s[0] == 0xf4) hi = 0x8f;   /* above U+10FFFF */
+    } else {
+        return 0;
+    }
+    if (s[1] < lo || s[1] > hi) return 0;
+    for (k = 2; k < n; k++)
+        if ((s[k] & 0xc0) != 0x80) return 0;
+    return n;
+}
+
+/* Writes s as a JSON string. Each byte that is not part of valid UTF-8 (a
+ * file name in another encoding, say) becomes U+FFFD, because JSON text
+ * must be UTF-8. */
 static void json_string_body(FILE *f, const char *s) {
     fputc('"', f);
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
+        if (c >= 0x80) {
+            int n = utf8_sequence_length((const unsigned char *)s);
+            if (n == 0) {
+                fputs("\\ufffd", f);
+            } else {
+                fwrite(s, 1, (size_t)n, f);
+                s += n - 1;
+            }
+        } else if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
         else if (c == '\n') fputs("\\n", f);
         else if (c == '\t') fputs("\\t", f);
         else if (c < 0x20) fprintf(f, "\\u%04x", c);

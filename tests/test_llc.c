@@ -1049,6 +1049,36 @@ static void test_json_parse_bounds(void) {
     }
 }
 
+/* Strings in JSON output stay valid UTF-8: each byte outside a valid
+ * sequence becomes \ufffd, and valid sequences pass through. */
+static void test_json_string_invalid_utf8(void) {
+    static const struct { const char *in, *out; } cases[] = {
+        {"plain", "\"plain\""},
+        {"bad\xff.llcw", "\"bad\\ufffd.llcw\""},
+        {"caf\xc3\xa9 \xf0\x9f\x98\x80", "\"caf\xc3\xa9 \xf0\x9f\x98\x80\""},
+        {"\xc0\xaf", "\"\\ufffd\\ufffd\""},                         /* overlong '/' */
+        {"\xed\xa0\x80", "\"\\ufffd\\ufffd\\ufffd\""},                /* surrogate U+D800 */
+        {"\xf4\x90\x80\x80", "\"\\ufffd\\ufffd\\ufffd\\ufffd\""},       /* above U+10FFFF */
+        {"x\xe2\x82", "\"x\\ufffd\\ufffd\""},                        /* cut short at the end */
+        {"\xe2\x82y", "\"\\ufffd\\ufffdy\""},                        /* cut short by ASCII */
+        {"\x80", "\"\\ufffd\""},                                    /* stray continuation byte */
+        {"q\"\\\n", "\"q\\\"\\\\\\n\""}};
+    size_t k;
+    for (k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        char *text = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&text, &len);
+        if (!f) {
+            CHECK(0, "open_memstream failed");
+            return;
+        }
+        json_string_body(f, cases[k].in);
+        fclose(f);
+        CHECK(!strcmp(text, cases[k].out), "case %zu: wrote %s, expected %s", k, text, cases[k].out);
+        free(text);
+    }
+}
+
 /* Numbers written as digits only keep their exact value up to 2^64 - 1,
  * beyond the 2^53 that a double holds exactly. */
 static void test_json_exact_integers(void) {
@@ -1478,6 +1508,7 @@ int main(int argc, char **argv) {
     run_test("adam two steps", test_adam_two_steps);
     run_test("default nbeta", test_default_nbeta);
     run_test("json parse bounds", test_json_parse_bounds);
+    run_test("json string invalid utf-8", test_json_string_invalid_utf8);
     run_test("json exact integers", test_json_exact_integers);
     run_test("output overlaps", test_output_overlaps);
     run_test("sgld zero noise is descent", test_sgld_zero_noise_is_gradient_descent);

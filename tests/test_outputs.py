@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Command-line tests of the files llc writes: symbolic links, FIFOs and
 stdout as outputs, outputs that are the same file as an input or as another
-output, and seeds up to 2^64 - 1. Uses only the shipped models.
+output, seeds up to 2^64 - 1, and JSON text from names that are not
+valid UTF-8. Uses only the shipped models.
 
 Usage: python3 tests/test_outputs.py
 Prints one line per test: "ok NAME", "FAIL NAME: why" or "skip NAME: why".
@@ -307,6 +308,36 @@ def test_sweep_resume_close_seed():
     expect_status(again, 1, "other settings", f"seed {10**12} there, {10**12 + 1} now")
     seeds = [row["seed"] for row in results_rows(folder)]
     expect(seeds == [str(10**12)], f"seeds in results.csv: {seeds}")
+
+
+# Well-formed JSON text ---------------------------------------------------------
+
+def bad_name_model():
+    """Returns the bytes path of a copy of sort_n5 whose name is not valid UTF-8."""
+    folder = fresh_folder("bad_name").encode()
+    path = os.path.join(folder, b"bad\xff.llcw")
+    shutil.copy(SORT5, path)
+    return path
+
+
+def test_info_json_invalid_utf8_path():
+    path = bad_name_model()
+    result = subprocess.run([LLC.encode(), b"info", path, b"--json"], capture_output=True, timeout=60)
+    expect(result.returncode == 0, f"exit status {result.returncode}: {result.stderr[-300:]!r}")
+    text = result.stdout.decode("utf-8")   # strict: fails on bytes that are not UTF-8
+    path = json.loads(text)["path"]
+    expect(path.endswith("bad\ufffd.llcw"), f"path {path!r}")
+
+
+def test_estimate_json_invalid_utf8_path():
+    path = bad_name_model()
+    out = os.path.join(TMP, "bad_name", "out.json")
+    result = subprocess.run([LLC.encode(), b"estimate", path, *(str(a).encode() for a in TINY), b"--json",
+                             out.encode()], capture_output=True, timeout=60)
+    expect(result.returncode == 0, f"exit status {result.returncode}: {result.stderr[-300:]!r}")
+    with open(out, "rb") as f:
+        data = json.loads(f.read().decode("utf-8"))
+    expect(data["model"].endswith("bad\ufffd.llcw"), f"model {data['model']!r}")
 
 
 if __name__ == "__main__":
