@@ -398,6 +398,23 @@ static int output_overlaps(const char *output, const char *other) {
     return same;
 }
 
+/* Writes text as one CSV field (RFC 4180): in double quotes when it
+ * contains a comma, a double quote, CR or LF, with each double quote
+ * doubled. */
+static void csv_field(FILE *f, const char *text) {
+    const char *c;
+    if (!strpbrk(text, ",\"\r\n")) {
+        fputs(text, f);
+        return;
+    }
+    fputc('"', f);
+    for (c = text; *c; c++) {
+        if (*c == '"') fputc('"', f);
+        fputc(*c, f);
+    }
+    fputc('"', f);
+}
+
 /* A streaming JSON writer with two-space indentation. Non-finite numbers
  * are written as null, because JSON has no NaN or infinity. */
 typedef struct {
@@ -696,7 +713,7 @@ static int json_parse_value(JsonParser *jp, JsonValue *v) {
         v->type = JSON_NUMBER;
         v->number = strtod(buf, &end);
         if (len == 0 || *end) return json_fail(jp, "invalid value");
-        /* a double holds integers exactly only up to 2^53, and seeds go up to 2^64 - 1 */
+        /* a double stores integers exactly only up to 2^53, and seeds go up to 2^64 - 1 */
         if (strspn(buf, "0123456789") == len) {
             errno = 0;
             v->integer = strtoull(buf, NULL, 10);
@@ -6518,9 +6535,17 @@ static int cmd_study_distill(int argc, char **argv) {
         row->distill_loss[0] = 0.0;
         row->trace[0] = xmalloc((size_t)s.draws * sizeof(double), "a trace");
         mean_trace(&r, row->trace[0]);
-        fprintf(csv, "%s,%d,teacher,,%d,%d,%zu,%zu,%s,%.9g,%.9g,%.9g,%d,,,,,%s\n", programs[i], max_seq_len,
-                teacher.cfg.d_model, teacher.cfg.d_mlp, teacher.n_params, model_count_nonzero(&teacher),
-                loss_name(teacher_loss), r.llc_mean, r.llc_std, r.init_loss, r.n_diverged, teacher_path);
+        csv_field(csv, programs[i]);
+        fprintf(csv, ",%d,teacher,,%d,%d,%zu,%zu,%s,", max_seq_len, teacher.cfg.d_model, teacher.cfg.d_mlp,
+                teacher.n_params, model_count_nonzero(&teacher), loss_name(teacher_loss));
+        csv_number(csv, r.llc_mean, "%.9g");
+        fputc(',', csv);
+        csv_number(csv, r.llc_std, "%.9g");
+        fputc(',', csv);
+        csv_number(csv, r.init_loss, "%.9g");
+        fprintf(csv, ",%d,,,,,", r.n_diverged);
+        csv_field(csv, teacher_path);
+        fputc('\n', csv);
         llc_result_free(&r);
 
         for (k = 0; k < n_shrinks && !g_interrupted; k++) {
@@ -6551,11 +6576,21 @@ static int cmd_study_distill(int argc, char **argv) {
             row->restored[1 + k] = dr.restored;
             row->trace[1 + k] = xmalloc((size_t)s.draws * sizeof(double), "a trace");
             mean_trace(&r, row->trace[1 + k]);
-            fprintf(csv, "%s,%d,student,%g,%d,%d,%zu,%zu,%s,%.9g,%.9g,%.9g,%d,%s,%.9g,%.6f,%s,%s\n", programs[i],
-                    max_seq_len, shrinks[k], student.cfg.d_model, student.cfg.d_mlp, student.n_params,
-                    model_count_nonzero(&student), loss_name(dr.loss), r.llc_mean, r.llc_std, r.init_loss,
-                    r.n_diverged, loss_name(dr.loss), dr.eval_loss, dr.agreement, dr.restored ? "true" : "false",
-                    student_path);
+            csv_field(csv, programs[i]);
+            fprintf(csv, ",%d,student,%g,%d,%d,%zu,%zu,%s,", max_seq_len, shrinks[k], student.cfg.d_model,
+                    student.cfg.d_mlp, student.n_params, model_count_nonzero(&student), loss_name(dr.loss));
+            csv_number(csv, r.llc_mean, "%.9g");
+            fputc(',', csv);
+            csv_number(csv, r.llc_std, "%.9g");
+            fputc(',', csv);
+            csv_number(csv, r.init_loss, "%.9g");
+            fprintf(csv, ",%d,%s,", r.n_diverged, loss_name(dr.loss));
+            csv_number(csv, dr.eval_loss, "%.9g");
+            fputc(',', csv);
+            csv_number(csv, dr.agreement, "%.6f");
+            fprintf(csv, ",%s,", dr.restored ? "true" : "false");
+            csv_field(csv, student_path);
+            fputc('\n', csv);
             llc_result_free(&r);
             model_free(&student);
         }
@@ -6824,7 +6859,10 @@ static int cmd_landscape(int argc, char **argv) {
             int N = lands[i].grid, r, c;
             for (r = 0; r < N; r++)
                 for (c = 0; c < N; c++) {
-                    if (n_models > 1) fprintf(af.f, "%s,", paths[i]);
+                    if (n_models > 1) {
+                        csv_field(af.f, paths[i]);
+                        fputc(',', af.f);
+                    }
                     fprintf(af.f, "%.9g,%.9g,%.9g\n", lands[i].a[c], lands[i].b[r], lands[i].loss[(size_t)r * N + c]);
                 }
         }
@@ -7009,8 +7047,10 @@ static int cmd_calibrate(int argc, char **argv) {
                 csv_number(af.f, cal.mala[k], "%.6f");
                 fputc(',', af.f);
                 csv_number(af.f, cal.r_hat[k], "%.6f");
-                fprintf(af.f, ",%d,%s,%s,%s,%s\n", cal.n_diverged[k], cal.flat[k] ? "true" : "false",
-                        cal.stable[k] ? "true" : "false", k == cal.best ? "true" : "false", cal.reason[k]);
+                fprintf(af.f, ",%d,%s,%s,%s,", cal.n_diverged[k], cal.flat[k] ? "true" : "false",
+                        cal.stable[k] ? "true" : "false", k == cal.best ? "true" : "false");
+                csv_field(af.f, cal.reason[k]);
+                fputc('\n', af.f);
             }
         if (atomic_commit(&af) != 0) status = 1;
     }
@@ -7358,8 +7398,6 @@ static int collect_results(const char *dir, int *n_bad) {
         settings = json_get(&v, "settings");
         diverged = json_get(&v, "diverged_chains");
         snprintf(r->program, sizeof r->program, "%s", json_string(&v, "program"));
-        for (i = 0; r->program[i]; i++)
-            if (r->program[i] == ',' || r->program[i] == '\n') r->program[i] = ';';   /* keep the CSV well formed */
         r->max_seq_len = (int)json_number(&v, "max_seq_len", 0);
         r->n_params = json_number(&v, "n_params", NAN);
         r->n_nonzero = json_number(&v, "n_nonzero", NAN);
@@ -7378,8 +7416,6 @@ static int collect_results(const char *dir, int *n_bad) {
         r->seconds = json_number(&v, "seconds", NAN);
         r->diverged = diverged && diverged->type == JSON_ARRAY ? diverged->n : 0;
         snprintf(r->status, sizeof r->status, "%s", json_string(&v, "status") ? json_string(&v, "status") : "ok");
-        for (i = 0; r->status[i]; i++)
-            if (r->status[i] == ',' || r->status[i] == '\n') r->status[i] = ';';
         json_value_free(&v);
     }
     closedir(d);
@@ -7394,7 +7430,8 @@ static int collect_results(const char *dir, int *n_bad) {
                   "diverged_chains,init_loss,seconds,seed,base_lr,lr_scale,status\n");
     for (i = 0; i < n; i++) {
         const ResultRow *r = &rows[i];
-        fprintf(af.f, "%s,%d,", r->program, r->max_seq_len);
+        csv_field(af.f, r->program);
+        fprintf(af.f, ",%d,", r->max_seq_len);
         csv_number(af.f, r->n_params, "%.0f");
         fputc(',', af.f);
         csv_number(af.f, r->n_nonzero, "%.0f");
@@ -7404,7 +7441,11 @@ static int collect_results(const char *dir, int *n_bad) {
         csv_number(af.f, r->lr, "%.9g");
         fputc(',', af.f);
         csv_number(af.f, r->nbeta, "%.9g");
-        fprintf(af.f, ",%.0f,%.0f,", r->chains, r->draws);
+        fputc(',', af.f);
+        csv_number(af.f, r->chains, "%.0f");
+        fputc(',', af.f);
+        csv_number(af.f, r->draws, "%.0f");
+        fputc(',', af.f);
         csv_number(af.f, r->llc_mean, "%.9g");
         fputc(',', af.f);
         csv_number(af.f, r->llc_std, "%.9g");
@@ -7414,7 +7455,13 @@ static int collect_results(const char *dir, int *n_bad) {
         csv_number(af.f, r->seconds, "%.3f");
         fputc(',', af.f);
         if (r->has_seed) fprintf(af.f, "%llu", r->seed);
-        fprintf(af.f, ",%.9g,%s,%s\n", r->base_lr, r->lr_scale, r->status);
+        fputc(',', af.f);
+        csv_number(af.f, r->base_lr, "%.9g");
+        fputc(',', af.f);
+        csv_field(af.f, r->lr_scale);
+        fputc(',', af.f);
+        csv_field(af.f, r->status);
+        fputc('\n', af.f);
     }
     free(rows);
     if (atomic_commit(&af) != 0) return -1;
@@ -7700,16 +7747,31 @@ static int cmd_collect(int argc, char **argv) {
     return n_bad ? 1 : 0;
 }
 
-/* Splits a CSV line (no quoting) into at most max fields, in place. */
+/* Splits a CSV line into at most max fields, in place, and returns their
+ * number. A field in double quotes (RFC 4180) may contain commas and
+ * doubled double quotes. NOTE: a quoted field that contains a line break
+ * is cut there, because the caller reads one line at a time. */
 static int split_csv(char *line, char **fields, int max) {
     int n = 0;
     char *p = line;
     line[strcspn(line, "\r\n")] = 0;
     while (n < max) {
-        fields[n++] = p;
-        p = strchr(p, ',');
+        if (*p == '"') {
+            char *in = p + 1, *out = p;   /* the unquoted text moves left over the opening quote */
+            fields[n++] = p;
+            while (*in && !(in[0] == '"' && in[1] != '"')) {
+                if (*in == '"') in++;   /* the first of two double quotes */
+                *out++ = *in++;
+            }
+            p = strchr(in, ',');
+            *out = 0;
+        } else {
+            fields[n++] = p;
+            p = strchr(p, ',');
+            if (p) *p = 0;
+        }
         if (!p) break;
-        *p++ = 0;
+        p++;
     }
     return n;
 }

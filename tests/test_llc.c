@@ -1079,8 +1079,35 @@ static void test_json_string_invalid_utf8(void) {
     }
 }
 
+/* CSV text fields are quoted (RFC 4180) exactly when they contain a comma,
+ * a double quote, CR or LF. */
+static void test_csv_field_quoting(void) {
+    static const struct { const char *in, *out; } cases[] = {
+        {"sort", "sort"},
+        {"", ""},
+        {"a,b", "\"a,b\""},
+        {"say \"hi\"", "\"say \"\"hi\"\"\""},
+        {"line\nbreak", "\"line\nbreak\""},
+        {"carriage\rreturn", "\"carriage\rreturn\""},
+        {"semi;colon and space", "semi;colon and space"}};
+    size_t k;
+    for (k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        char *text = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&text, &len);
+        if (!f) {
+            CHECK(0, "open_memstream failed");
+            return;
+        }
+        csv_field(f, cases[k].in);
+        fclose(f);
+        CHECK(!strcmp(text, cases[k].out), "case %zu: wrote [%s], expected [%s]", k, text, cases[k].out);
+        free(text);
+    }
+}
+
 /* Numbers written as digits only keep their exact value up to 2^64 - 1,
- * beyond the 2^53 that a double holds exactly. */
+ * beyond the 2^53 that a double stores exactly. */
 static void test_json_exact_integers(void) {
     static const struct { const char *text; int exact; unsigned long long value; } cases[] = {
         {"{\"seed\": 18446744073709551615}", 1, 18446744073709551615ULL},
@@ -1510,6 +1537,7 @@ int main(int argc, char **argv) {
     run_test("json parse bounds", test_json_parse_bounds);
     run_test("json string invalid utf-8", test_json_string_invalid_utf8);
     run_test("json exact integers", test_json_exact_integers);
+    run_test("csv field quoting", test_csv_field_quoting);
     run_test("output overlaps", test_output_overlaps);
     run_test("sgld zero noise is descent", test_sgld_zero_noise_is_gradient_descent);
     run_test("sgld seeded repeat and threads", test_sgld_seeded_repeat_and_threads);

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Command-line tests of the files llc writes: symbolic links, FIFOs and
-stdout as outputs, outputs that are the same file as an input or as another
-output, seeds up to 2^64 - 1, and JSON text from names that are not
-valid UTF-8. Uses only the shipped models.
+"""Command-line tests of the files llc writes, on the shipped models only.
+
+Covered: symbolic links, FIFOs and stdout as outputs; outputs that are the
+same file as an input or as another output; seeds up to 2^64 - 1; JSON
+strings from names that are not valid UTF-8; CSV text fields.
 
 Usage: python3 tests/test_outputs.py
 Prints one line per test: "ok NAME", "FAIL NAME: why" or "skip NAME: why".
@@ -338,6 +339,89 @@ def test_estimate_json_invalid_utf8_path():
     with open(out, "rb") as f:
         data = json.loads(f.read().decode("utf-8"))
     expect(data["model"].endswith("bad\ufffd.llcw"), f"model {data['model']!r}")
+
+
+# Well-formed CSV text ----------------------------------------------------------
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_job(folder, name, job):
+    with open(os.path.join(folder, "jobs", name), "w") as f:
+        json.dump(job, f)
+
+
+def test_collect_quotes_text_fields():
+    folder = fresh_folder("collect_quotes")
+    os.makedirs(os.path.join(folder, "jobs"))
+    program = 'we"ird,name\r\nx'
+    status = 'failed: "x", then y'
+    write_job(folder, "a.json", {"program": program, "max_seq_len": 5, "status": status,
+                                 "settings": {"lr": 1e-5, "lr_scale": "li,ne\"ar"}})
+    write_job(folder, "b.json", {"program": "sort", "max_seq_len": 6, "settings": {"lr": 1e-5}})
+    result = llc("collect", folder)
+    expect_status(result, 0)
+    rows = read_csv(os.path.join(folder, "results.csv"))
+    expect(len(rows) == 2, f"{len(rows)} rows, expected 2")
+    quoted = [r for r in rows if r["max_seq_len"] == "5"][0]
+    expect(quoted["program"] == program, f"program {quoted['program']!r}")
+    expect(quoted["status"] == status, f"status {quoted['status']!r}")
+    expect(quoted["lr_scale"] == 'li,ne"ar', f"lr_scale {quoted['lr_scale']!r}")
+
+
+def test_collect_missing_numbers_empty():
+    folder = fresh_folder("collect_missing")
+    os.makedirs(os.path.join(folder, "jobs"))
+    write_job(folder, "a.json", {"program": "sort", "max_seq_len": 5, "settings": {"lr": 1e-5}})
+    expect_status(llc("collect", folder), 0)
+    row = read_csv(os.path.join(folder, "results.csv"))[0]
+    for column in ("chains", "draws", "seed", "llc_mean", "n_params"):
+        expect(row[column] == "", f"{column} is {row[column]!r}, expected an empty field")
+
+
+def test_plot_reads_quoted_program():
+    folder = fresh_folder("plot_quoted")
+    os.makedirs(os.path.join(folder, "jobs"))
+    for n, llc_mean in ((5, 1.5), (6, 2.5)):
+        write_job(folder, f"j{n}.json", {"program": "so,rt", "max_seq_len": n, "llc_mean": llc_mean,
+                                         "sparsity": 0.1, "settings": {"lr": 1e-5}})
+    expect_status(llc("collect", folder), 0)
+    expect_status(llc("plot", folder), 0)
+    svgs = [name for name in os.listdir(folder) if name.endswith(".svg")]
+    expect(len(svgs) == 1, f"plots: {svgs}")
+    with open(os.path.join(folder, svgs[0])) as f:
+        text = f.read()
+    expect(">so,rt<" in text, "the plot lacks the program so,rt")
+
+
+def test_landscape_csv_quotes_model():
+    folder = fresh_folder("landscape_quotes")
+    model = copy_model(folder, "with,comma.llcw")
+    out = os.path.join(folder, "grid.csv")
+    result = llc("landscape", SORT5, model, "--grid", 2, "--batches", 2, "--batch", 4, "--samples", 8, "--quiet",
+                 "--csv", out)
+    expect_status(result, 0)
+    rows = read_csv(out)
+    expect(len(rows) == 8, f"{len(rows)} rows, expected 2 models x 4 grid points")
+    expect({r["model"] for r in rows} == {SORT5, model}, f"models {sorted({r['model'] for r in rows})}")
+
+
+def test_study_distill_csv_quotes_and_empty():
+    folder = os.path.join(fresh_folder("study_quotes"), "out,dir")
+    # --lr 1e3 makes every chain diverge, so the LLC is not a number.
+    result = llc("study-distill", "sort", "--out", folder, "--draws", 4, "--chains", 2, "--samples", 32,
+                 "--batch", 8, "--distill-steps", 2, "--shrink", 0.5, "--lr", 1e3, "--quiet")
+    expect_status(result, 0)
+    with open(os.path.join(folder, "distill.csv"), newline="") as f:
+        text = f.read()
+    expect("nan" not in text, f"distill.csv contains nan: {text}")
+    rows = list(csv.DictReader(text.splitlines()))
+    expect(len(rows) == 2, f"{len(rows)} rows, expected the teacher and one student")
+    student = rows[1]
+    expect(student["path"] == os.path.join(folder, "sort_n5_shrink0.5.llcw"), f"path {student['path']!r}")
+    expect(student["llc_mean"] == "" and student["llc_std"] == "", f"llc {student['llc_mean']!r}")
 
 
 if __name__ == "__main__":
