@@ -7370,6 +7370,7 @@ static int collect_results(const char *dir, int *n_bad) {
         JsonValue v;
         const char *error = "unreadable";
         const JsonValue *settings, *diverged;
+        double max_seq_len;
         ResultRow *r;
         if (len < 6 || strcmp(e->d_name + len - 5, ".json") != 0 || e->d_name[0] == '.') continue;
         snprintf(path, sizeof path, "%s/%s", jobs_dir, e->d_name);
@@ -7388,6 +7389,14 @@ static int collect_results(const char *dir, int *n_bad) {
             (*n_bad)++;
             continue;
         }
+        max_seq_len = json_number(&v, "max_seq_len", 0);
+        if (!(max_seq_len >= 0 && max_seq_len <= INT_MAX && max_seq_len == floor(max_seq_len))) {
+            warn("%s has max_seq_len %g, which is not a whole number from 0 to %d; it is left out", path,
+                 max_seq_len, INT_MAX);
+            json_value_free(&v);
+            (*n_bad)++;
+            continue;
+        }
         if (n == cap) {
             cap = cap ? 2 * cap : 64;
             rows = realloc(rows, (size_t)cap * sizeof *rows);
@@ -7398,7 +7407,7 @@ static int collect_results(const char *dir, int *n_bad) {
         settings = json_get(&v, "settings");
         diverged = json_get(&v, "diverged_chains");
         snprintf(r->program, sizeof r->program, "%s", json_string(&v, "program"));
-        r->max_seq_len = (int)json_number(&v, "max_seq_len", 0);
+        r->max_seq_len = (int)max_seq_len;
         r->n_params = json_number(&v, "n_params", NAN);
         r->n_nonzero = json_number(&v, "n_nonzero", NAN);
         r->sparsity = json_number(&v, "sparsity", NAN);
@@ -7468,7 +7477,14 @@ static int collect_results(const char *dir, int *n_bad) {
     return n;
 }
 
-/* Parses "4:100", "4:100:2" or "5,10,20" (and mixes, "4:9,20") into out. */
+/* The largest max_seq_len of a sweep, the same limit as study-distill's
+ * --max-seq-len. At 100, sort_freq already has 3.2 billion parameters. */
+enum { SWEEP_MAX_SEQ_LEN = 100 };
+
+/* Parses "4:100", "4:100:2" or "5,10,20" (and mixes, "4:9,20") into out.
+ * Every number, the step included, must be in [1, SWEEP_MAX_SEQ_LEN], which
+ * also keeps the loop below from overflowing. Returns -1 when the text is
+ * invalid or gives more than max lengths. */
 static int parse_lengths(const char *text, int *out, int max) {
     int n = 0;
     const char *p = text;
@@ -7485,10 +7501,10 @@ static int parse_lengths(const char *text, int *out, int max) {
             if (*end == ':') {
                 p = end + 1;
                 step = strtol(p, &end, 10);
-                if (end == p || step < 1) return -1;
+                if (end == p || step < 1 || step > SWEEP_MAX_SEQ_LEN) return -1;
             }
         }
-        if (a < 1 || b < a || b > 100000) return -1;
+        if (a < 1 || b < a || b > SWEEP_MAX_SEQ_LEN) return -1;
         for (; a <= b; a += step) {
             if (n == max) return -1;
             out[n++] = (int)a;
@@ -7559,8 +7575,8 @@ static int cmd_sweep(int argc, char **argv) {
     char *programs[MAX_SWEEP_PROGRAMS], *programs_copy, *tok, *save = NULL, models_dir[4200], jobs_dir[4200];
     Option opts[] = {
         {"--programs", OPT_STRING, &programs_text, 0, 0, 0, "P,...", "programs, comma separated (required)", NULL},
-        {"--lengths", OPT_STRING, &lengths_text, 0, 0, 0, "A:B[:S]", "max_seq_len values, e.g. 4:100 or 5,10,20",
-         NULL},
+        {"--lengths", OPT_STRING, &lengths_text, 0, 0, 0, "A:B[:S]",
+         "max_seq_len values from 1 to 100, e.g. 4:100 or 5,10,20", NULL},
         {"--lr", OPT_STRING, &lr_text, 0, 0, 0, "EPS,...", "SGLD step sizes (base values with --lr-scale)", NULL},
         {"--lr-scale", OPT_STRING, &q.lr_scale, 0, 0, 0, "KIND", "divide lr by the relative model size",
          "none|linear|quadratic"},
@@ -7597,8 +7613,8 @@ static int cmd_sweep(int argc, char **argv) {
     if (!out_dir) usage_error(&cmd, "missing --out DIR");
     n_lengths = parse_lengths(lengths_text, lengths, MAX_SWEEP_LENGTHS);
     if (n_lengths < 1)
-        usage_error(&cmd, "--lengths must be like 4:100, 4:100:2 or 5,10,20, with A <= B in A:B and values from 1, "
-                          "got \"%s\"", lengths_text);
+        usage_error(&cmd, "--lengths must be like 4:100, 4:100:2 or 5,10,20, with A <= B in A:B and every value "
+                          "from 1 to %d, got \"%s\"", SWEEP_MAX_SEQ_LEN, lengths_text);
     n_lrs = parse_number_list(lr_text, lrs, MAX_SWEEP_LRS);
     if (n_lrs < 1) usage_error(&cmd, "--lr must be a list of up to %d numbers, got \"%s\"", MAX_SWEEP_LRS, lr_text);
     for (k = 0; k < n_lrs; k++)

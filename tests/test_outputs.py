@@ -3,7 +3,8 @@
 
 Covered: symbolic links, FIFOs and stdout as outputs; outputs that are the
 same file as an input or as another output; seeds up to 2^64 - 1; JSON
-strings from names that are not valid UTF-8; CSV text fields.
+strings from names that are not valid UTF-8; CSV text fields; numbers out
+of range in job files and --lengths.
 
 Usage: python3 tests/test_outputs.py
 Prints one line per test: "ok NAME", "FAIL NAME: why" or "skip NAME: why".
@@ -422,6 +423,30 @@ def test_study_distill_csv_quotes_and_empty():
     student = rows[1]
     expect(student["path"] == os.path.join(folder, "sort_n5_shrink0.5.llcw"), f"path {student['path']!r}")
     expect(student["llc_mean"] == "" and student["llc_std"] == "", f"llc {student['llc_mean']!r}")
+
+
+# Numbers out of range ----------------------------------------------------------
+
+def test_collect_rejects_huge_max_seq_len():
+    folder = fresh_folder("collect_huge")
+    os.makedirs(os.path.join(folder, "jobs"))
+    write_job(folder, "huge.json", {"program": "sort", "max_seq_len": 1e30, "settings": {"lr": 1e-5}})
+    write_job(folder, "fraction.json", {"program": "sort", "max_seq_len": 5.5, "settings": {"lr": 1e-5}})
+    write_job(folder, "good.json", {"program": "sort", "max_seq_len": 5, "settings": {"lr": 1e-5}})
+    result = llc("collect", folder)
+    expect_status(result, 1, "huge.json has max_seq_len 1e+30", "fraction.json has max_seq_len 5.5")
+    rows = read_csv(os.path.join(folder, "results.csv"))
+    expect([r["max_seq_len"] for r in rows] == ["5"], f"max_seq_len of the rows: {[r['max_seq_len'] for r in rows]}")
+
+
+def test_sweep_lengths_out_of_range():
+    folder = fresh_folder("sweep_lengths")
+    for lengths in ("5:6:9223372036854775807", "5:6:101", "101", "4:101", "0:5", "99999999999999999999"):
+        out = os.path.join(folder, "sweep")
+        result = llc("sweep", "--programs", "sort", "--lengths", lengths, "--out", out, "--emit-jobs",
+                     "--max-memory", "1M")
+        expect_status(result, 2, "--lengths", "from 1 to 100", lengths)
+        expect(not os.path.exists(out), f"--lengths {lengths}: the sweep created its folder")
 
 
 if __name__ == "__main__":
