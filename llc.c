@@ -215,25 +215,114 @@ static void install_interrupt_handlers(void) {
     }
 }
 
+/* Returns the path that path names after following symbolic links, which
+ * may not exist yet (writing through a dangling link creates its target).
+ * A relative link target is taken from the link's folder. Returns NULL with
+ * errno set to ELOOP after 40 links, as the kernel does. */
+static char *resolve_symlinks(const char *path) {
+    char *p = xstrdup(path), target[4096];
+    int depth;
+    for (depth = 0; depth < 40; depth++) {
+        struct stat st;
+        const char *slash;
+        char *next;
+        ssize_t n;
+        size_t size;
+        if (lstat(p, &st) != 0 || !S_ISLNK(st.st_mode)) return p;
+        n = readlink(p, target, sizeof target - 1);
+        if (n < 0) return p;   /* opening p reports the error */
+        target[n] = 0;
+        slash = strrchr(p, '/');
+        size = (slash ? (size_t)(slash - p) + 1 : 0) + (size_t)n + 1;
+        next = xmalloc(size, "a path");
+        if (target[0] == '/' || !slash) snprintf(next, size, "%s", target);
+        else snprintf(next, size, "%.*s%s", (int)(slash - p) + 1, p, target);
+        free(p);
+        p = next;
+    }
+    free(p);
+    errno = ELOOP;
+    return NULL;
+}
+
+/* Returns STDOUT_FILENO or STDERR_FILENO when st is the file that stream
+ * writes to, else -1. */
+static int standard_stream_of(const struct stat *st) {
+    static const int fds[2] = {STDOUT_FILENO, STDERR_FILENO};
+    int i;
+    for (i = 0; i < 2; i++) {
+        struct stat sf;
+        if (fstat(fds[i], &sf) == 0 && sf.st_dev == st->st_dev && sf.st_ino == st->st_ino) return fds[i];
+    }
+    return -1;
+}
+
+/* Returns 1 when path must be written in place, not through a temporary
+ * file. That is so when it exists and is not a regular file (a FIFO, or a
+ * device such as /dev/null or /dev/stdout), and when it is the file that
+ * llc's own stdout or stderr goes to. Sets *stream_fd to that stream's
+ * descriptor, or to -1. */
+static int output_is_stream(const char *path, int *stream_fd) {
+    struct stat st;
+    *stream_fd = -1;
+    if (stat(path, &st) != 0) return 0;
+    *stream_fd = standard_stream_of(&st);
+    return !S_ISREG(st.st_mode) || *stream_fd >= 0;
+}
+
 /* An output file written under a temporary name, flushed to disk and renamed
  * over the final path on commit, so readers never see a half-written file
- * and a failure or Ctrl-C leaves the previous file in place. */
+ * and a failure or Ctrl-C leaves the previous file in place. When the path
+ * is a symbolic link, the file it resolves to is replaced and the link
+ * stays. A stream (see output_is_stream) is written directly. */
 typedef struct {
     FILE *f;
-    char *path;
-    char *tmp_path;
+    char *path;       /* as given, for messages */
+    char *target;     /* the file replaced on commit: path with symbolic links followed */
+    char *tmp_path;   /* NULL when writing a stream directly */
 } AtomicFile;
 
 static int atomic_open(AtomicFile *af, const char *path) {
-    size_t n = strlen(path) + 32;
+    size_t n;
+    int stream_fd;
+    memset(af, 0, sizeof *af);
+    if (output_is_stream(path, &stream_fd)) {
+        /* A stream cannot be replaced by rename, so this write is not atomic:
+         * a failure or Ctrl-C can leave part of the output in it. An output
+         * to llc's own stdout or stderr goes through a duplicate of that
+         * descriptor, which shares its file offset, so the output neither
+         * truncates nor overwrites what llc prints there. */
+        if (stream_fd >= 0) {
+            int fd;
+            fflush(stream_fd == STDOUT_FILENO ? stdout : stderr);
+            fd = dup(stream_fd);
+            af->f = fd >= 0 ? fdopen(fd, "wb") : NULL;
+            if (!af->f && fd >= 0) close(fd);
+        } else {
+            af->f = fopen(path, "wb");
+        }
+        if (!af->f) {
+            fprintf(stderr, "%s: cannot write %s: %s\n", g_program, path, strerror(errno));
+            return -1;
+        }
+        af->path = xstrdup(path);
+        return 0;
+    }
+    af->target = resolve_symlinks(path);
+    if (!af->target) {
+        fprintf(stderr, "%s: cannot write %s: %s\n", g_program, path, strerror(errno));
+        return -1;
+    }
+    n = strlen(af->target) + 32;
     af->path = xstrdup(path);
     af->tmp_path = xmalloc(n, "a file name");
-    snprintf(af->tmp_path, n, "%s.tmp%ld", path, (long)getpid());
+    snprintf(af->tmp_path, n, "%s.tmp%ld", af->target, (long)getpid());
     af->f = fopen(af->tmp_path, "wb");
     if (!af->f) {
         fprintf(stderr, "%s: cannot write %s: creating the temporary file %s failed: %s\n", g_program, path,
                 af->tmp_path, strerror(errno));
         free(af->path);
+        free(af->target);
         free(af->tmp_path);
         return -1;
     }
@@ -244,23 +333,86 @@ static int atomic_open(AtomicFile *af, const char *path) {
 static void atomic_free(AtomicFile *af) {
     g_tmp_path = NULL;
     free(af->path);
+    free(af->target);
     free(af->tmp_path);
-    af->path = af->tmp_path = NULL;
+    af->path = af->target = af->tmp_path = NULL;
 }
 
 static int atomic_commit(AtomicFile *af) {
     int failed = ferror(af->f) != 0;
     failed |= fflush(af->f) != 0;
-    if (!failed && fsync(fileno(af->f)) != 0 && errno != EINVAL) failed = 1;   /* EINVAL: cannot sync */
+    if (!failed && af->tmp_path && fsync(fileno(af->f)) != 0 && errno != EINVAL) failed = 1;   /* EINVAL: cannot sync */
     failed |= fclose(af->f) != 0;
     af->f = NULL;
-    if (!failed && rename(af->tmp_path, af->path) != 0) failed = 1;
+    if (!failed && af->tmp_path && rename(af->tmp_path, af->target) != 0) failed = 1;
     if (failed) {
         fprintf(stderr, "%s: cannot write %s: %s\n", g_program, af->path, strerror(errno));
-        remove(af->tmp_path);
+        if (af->tmp_path) remove(af->tmp_path);
     }
     atomic_free(af);
     return failed ? -1 : 0;
+}
+
+/* The absolute path that writing path creates or replaces: symbolic links
+ * followed, then its folder resolved with realpath. NULL when the folder
+ * does not exist. */
+static char *output_file_key(const char *path) {
+    char *target = resolve_symlinks(path), *slash, *folder, *key = NULL;
+    const char *base;
+    if (!target) return NULL;
+    slash = strrchr(target, '/');
+    if (slash) {
+        *slash = 0;
+        folder = realpath(slash == target ? "/" : target, NULL);
+        base = slash + 1;
+    } else {
+        folder = realpath(".", NULL);
+        base = target;
+    }
+    if (folder) {
+        size_t n = strlen(folder) + strlen(base) + 2;
+        key = xmalloc(n, "a path");
+        snprintf(key, n, "%s/%s", strcmp(folder, "/") ? folder : "", base);
+    }
+    free(folder);
+    free(target);
+    return key;
+}
+
+/* Returns 1 when writing output would replace or feed the file named by
+ * other: the same existing file (hard and symbolic links included), or the
+ * same new path once links and folders are resolved. Character devices such
+ * as /dev/null or a terminal never count, because writing several outputs
+ * to one replaces nothing. */
+static int output_overlaps(const char *output, const char *other) {
+    struct stat so, sb;
+    char *a, *b;
+    int same;
+    if (stat(output, &so) == 0 && stat(other, &sb) == 0)
+        return so.st_dev == sb.st_dev && so.st_ino == sb.st_ino && !S_ISCHR(so.st_mode);
+    a = output_file_key(output);
+    b = output_file_key(other);
+    same = a && b ? !strcmp(a, b) : !strcmp(output, other);
+    free(a);
+    free(b);
+    return same;
+}
+
+/* Writes text as one CSV field (RFC 4180): in double quotes when it
+ * contains a comma, a double quote, CR or LF, with each double quote
+ * doubled. */
+static void csv_field(FILE *f, const char *text) {
+    const char *c;
+    if (!strpbrk(text, ",\"\r\n")) {
+        fputs(text, f);
+        return;
+    }
+    fputc('"', f);
+    for (c = text; *c; c++) {
+        if (*c == '"') fputc('"', f);
+        fputc(*c, f);
+    }
+    fputc('"', f);
 }
 
 /* A streaming JSON writer with two-space indentation. Non-finite numbers
@@ -277,11 +429,50 @@ static void json_init(Json *j, FILE *f) {
     j->f = f;
 }
 
+/* Returns the length (1 to 4) of the valid UTF-8 sequence at s, or 0 when
+ * s[0] starts none. Stray continuation bytes, overlong forms, UTF-16
+ * surrogates, code points above U+10FFFF and cut-short sequences are
+ * invalid. Reads no byte past a NUL. */
+static int utf8_sequence_length(const unsigned char *s) {
+    unsigned char lo = 0x80, hi = 0xbf;   /* the valid range of the second byte */
+    int n, k;
+    if (s[0] < 0x80) return 1;
+    if (s[0] < 0xc2) return 0;
+    if (s[0] < 0xe0) {
+        n = 2;
+    } else if (s[0] < 0xf0) {
+        n = 3;
+        if (s[0] == 0xe0) lo = 0xa0;   /* overlong below U+0800 */
+        if (s[0] == 0xed) hi = 0x9f;   /* surrogates U+D800..U+DFFF */
+    } else if (s[0] < 0xf5) {
+        n = 4;
+        if (s[0] == 0xf0) lo = 0x90;   /* overlong below U+10000 */
+        if (s[0] == 0xf4) hi = 0x8f;   /* above U+10FFFF */
+    } else {
+        return 0;
+    }
+    if (s[1] < lo || s[1] > hi) return 0;
+    for (k = 2; k < n; k++)
+        if ((s[k] & 0xc0) != 0x80) return 0;
+    return n;
+}
+
+/* Writes s as a JSON string. Each byte that is not part of valid UTF-8 (a
+ * file name in another encoding, say) becomes U+FFFD, because JSON text
+ * must be UTF-8. */
 static void json_string_body(FILE *f, const char *s) {
     fputc('"', f);
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
+        if (c >= 0x80) {
+            int n = utf8_sequence_length((const unsigned char *)s);
+            if (n == 0) {
+                fputs("\\ufffd", f);
+            } else {
+                fwrite(s, 1, (size_t)n, f);
+                s += n - 1;
+            }
+        } else if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
         else if (c == '\n') fputs("\\n", f);
         else if (c == '\t') fputs("\\t", f);
         else if (c < 0x20) fprintf(f, "\\u%04x", c);
@@ -345,6 +536,11 @@ static void json_int(Json *j, const char *key, long long value) {
     fprintf(j->f, "%lld", value);
 }
 
+static void json_uint(Json *j, const char *key, unsigned long long value) {
+    json_item(j, key);
+    fprintf(j->f, "%llu", value);
+}
+
 static void json_bool(Json *j, const char *key, int value) {
     json_item(j, key);
     fputs(value ? "true" : "false", j->f);
@@ -357,6 +553,8 @@ typedef enum { JSON_NULL, JSON_BOOL, JSON_NUMBER, JSON_STRING, JSON_ARRAY, JSON_
 typedef struct JsonValue {
     JsonType type;
     double number;             /* JSON_NUMBER, and 0/1 for JSON_BOOL */
+    unsigned long long integer;   /* exact value of a JSON_NUMBER when is_integer */
+    int is_integer;            /* the number is written as digits only and is below 2^64 */
     char *string;              /* JSON_STRING */
     int n;                     /* items of an array or object */
     struct JsonValue *items;
@@ -515,6 +713,12 @@ static int json_parse_value(JsonParser *jp, JsonValue *v) {
         v->type = JSON_NUMBER;
         v->number = strtod(buf, &end);
         if (len == 0 || *end) return json_fail(jp, "invalid value");
+        /* a double stores integers exactly only up to 2^53, and seeds go up to 2^64 - 1 */
+        if (strspn(buf, "0123456789") == len) {
+            errno = 0;
+            v->integer = strtoull(buf, NULL, 10);
+            v->is_integer = errno == 0;
+        }
         jp->p += len;
     }
     jp->depth--;
@@ -550,6 +754,15 @@ static const JsonValue *json_get(const JsonValue *v, const char *key) {
 static double json_number(const JsonValue *v, const char *key, double fallback) {
     const JsonValue *x = json_get(v, key);
     return x && (x->type == JSON_NUMBER || x->type == JSON_BOOL) ? x->number : fallback;
+}
+
+/* Stores the integer at key in *out and returns 1 when it is written as
+ * digits only and fits 64 bits unsigned; returns 0 otherwise. */
+static int json_uint64(const JsonValue *v, const char *key, unsigned long long *out) {
+    const JsonValue *x = json_get(v, key);
+    if (!x || x->type != JSON_NUMBER || !x->is_integer) return 0;
+    *out = x->integer;
+    return 1;
 }
 
 static const char *json_string(const JsonValue *v, const char *key) {
@@ -4910,17 +5123,34 @@ static int make_dir(const char *path) {
 }
 
 /* Checks, before a long job starts, that path can be written: its folder
- * exists and is writable, and path is not a folder. Prints why not. */
+ * exists and is writable, and path is not a folder. A symbolic link is
+ * checked at the file it resolves to, and a stream (a FIFO or a device,
+ * see output_is_stream) must itself be writable. Prints why not. */
 static int check_writable(const char *path) {
-    char *folder = xstrdup(path), *slash = strrchr(folder, '/');
+    char *target, *folder, *slash;
     const char *dir = ".";
-    int ok = 1;
-    if (slash == folder) dir = "/";
-    else if (slash) *slash = 0, dir = folder;
+    int ok = 1, stream_fd;
     if (dir_exists(path)) {
         fprintf(stderr, "%s: cannot write %s: it is a folder\n", g_program, path);
-        ok = 0;
-    } else if (!dir_exists(dir)) {
+        return -1;
+    }
+    if (output_is_stream(path, &stream_fd)) {
+        if (stream_fd < 0 && access(path, W_OK) != 0) {
+            fprintf(stderr, "%s: cannot write %s: %s\n", g_program, path, strerror(errno));
+            return -1;
+        }
+        return 0;
+    }
+    target = resolve_symlinks(path);
+    if (!target) {
+        fprintf(stderr, "%s: cannot write %s: %s\n", g_program, path, strerror(errno));
+        return -1;
+    }
+    folder = xstrdup(target);
+    slash = strrchr(folder, '/');
+    if (slash == folder) dir = "/";
+    else if (slash) *slash = 0, dir = folder;
+    if (!dir_exists(dir)) {
         fprintf(stderr, "%s: cannot write %s: the folder %s does not exist\n", g_program, path, dir);
         ok = 0;
     } else if (access(dir, W_OK) != 0) {
@@ -4929,6 +5159,7 @@ static int check_writable(const char *path) {
         ok = 0;
     }
     free(folder);
+    free(target);
     return ok ? 0 : -1;
 }
 
@@ -4936,6 +5167,32 @@ static int check_writable(const char *path) {
 static int same_file(const char *a, const char *b) {
     struct stat sa, sb;
     return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+/* A file named on the command line: the option or argument that names it
+ * ("--json", "MODEL") and its path, or NULL when it is not given. */
+typedef struct {
+    const char *name;
+    const char *path;
+} CommandFile;
+
+/* Exits with a usage error when an output is the same file as an input or
+ * as another output, because writing it would destroy a file that the
+ * command reads or writes. files[0, n_inputs) are the inputs and
+ * files[n_inputs, n_files) the outputs. */
+static void check_outputs_distinct(const Command *cmd, const CommandFile *files, int n_inputs, int n_files) {
+    int i, j;
+    for (i = n_inputs; i < n_files; i++) {
+        if (!files[i].path) continue;
+        for (j = 0; j < i; j++) {
+            if (!files[j].path || !output_overlaps(files[i].path, files[j].path)) continue;
+            if (j < n_inputs)
+                usage_error(cmd, "%s %s is the same file as the input %s %s; write %s to another file",
+                            files[i].name, files[i].path, files[j].name, files[j].path, files[i].name);
+            usage_error(cmd, "%s %s and %s %s name the same file; give them different files", files[j].name,
+                        files[j].path, files[i].name, files[i].path);
+        }
+    }
 }
 
 /* The path of the file `target` relative to the folder `from_dir`, both
@@ -5700,7 +5957,7 @@ static void write_estimate_json(FILE *f, const EstimateInfo *info, const SgldSet
     json_int(&j, "every", s->every);
     json_int(&j, "batch", s->batch);
     json_int(&j, "samples", info->n_samples);
-    json_int(&j, "seed", (long long)s->seed);
+    json_uint(&j, "seed", s->seed);
     json_str(&j, "inputs", q->inputs);
     json_str(&j, "teacher", info->teacher_path);
     json_str(&j, "precision", LLC_REAL_NAME);
@@ -6061,8 +6318,11 @@ static int cmd_estimate(int argc, char **argv) {
     if (!q.inputs && q.s.batch > q.n_samples)
         usage_error(&cmd, "--batch %d is larger than --samples %d; use a batch of at most the samples", q.s.batch,
                     q.n_samples);
-    if (q.json_path && q.trace_path && (!strcmp(q.json_path, q.trace_path) || same_file(q.json_path, q.trace_path)))
-        usage_error(&cmd, "--json and --trace name the same file %s; give them different files", q.json_path);
+    {
+        const CommandFile files[] = {{"MODEL", q.model_path}, {"--teacher", q.teacher_path}, {"--inputs", q.inputs},
+                                     {"--json", q.json_path},  {"--trace", q.trace_path}};
+        check_outputs_distinct(&cmd, files, 3, 5);
+    }
     if ((q.json_path && check_writable(q.json_path) != 0) || (q.trace_path && check_writable(q.trace_path) != 0))
         return 1;
     return estimate_job(&q);
@@ -6208,7 +6468,7 @@ static void write_distill_json(FILE *f, const char *teacher_path, const char *st
     json_int(&j, "steps", ds->steps);
     json_num(&j, "lr", ds->lr);
     json_int(&j, "batch", ds->batch);
-    json_int(&j, "seed", (long long)ds->seed);
+    json_uint(&j, "seed", ds->seed);
     json_int(&j, "eval_samples", ds->eval_samples);
     json_num(&j, "tolerance", ds->tolerance);
     json_object_end(&j);
@@ -6255,7 +6515,10 @@ static int cmd_distill(int argc, char **argv) {
     g_quiet = quiet;
     if (!out) usage_error(&cmd, "missing -o STUDENT");
     if (!isfinite(ds.shrink)) usage_error(&cmd, "missing --shrink F");
-    if (same_file(out, pos[0])) usage_error(&cmd, "-o %s is the teacher itself; choose another file", out);
+    {
+        const CommandFile files[] = {{"TEACHER", pos[0]}, {"-o", out}, {"--json", json_path}};
+        check_outputs_distinct(&cmd, files, 1, 3);
+    }
     if (check_writable(out) != 0 || (json_path && check_writable(json_path) != 0)) return 1;
 
     load_model_or_exit(&teacher, pos[0]);
@@ -6424,9 +6687,17 @@ static int cmd_study_distill(int argc, char **argv) {
         row->distill_loss[0] = 0.0;
         row->trace[0] = xmalloc((size_t)s.draws * sizeof(double), "a trace");
         mean_trace(&r, row->trace[0]);
-        fprintf(csv, "%s,%d,teacher,,%d,%d,%zu,%zu,%s,%.9g,%.9g,%.9g,%d,,,,,%s\n", programs[i], max_seq_len,
-                teacher.cfg.d_model, teacher.cfg.d_mlp, teacher.n_params, model_count_nonzero(&teacher),
-                loss_name(teacher_loss), r.llc_mean, r.llc_std, r.init_loss, r.n_diverged, teacher_path);
+        csv_field(csv, programs[i]);
+        fprintf(csv, ",%d,teacher,,%d,%d,%zu,%zu,%s,", max_seq_len, teacher.cfg.d_model, teacher.cfg.d_mlp,
+                teacher.n_params, model_count_nonzero(&teacher), loss_name(teacher_loss));
+        csv_number(csv, r.llc_mean, "%.9g");
+        fputc(',', csv);
+        csv_number(csv, r.llc_std, "%.9g");
+        fputc(',', csv);
+        csv_number(csv, r.init_loss, "%.9g");
+        fprintf(csv, ",%d,,,,,", r.n_diverged);
+        csv_field(csv, teacher_path);
+        fputc('\n', csv);
         llc_result_free(&r);
 
         for (k = 0; k < n_shrinks && !g_interrupted; k++) {
@@ -6458,11 +6729,21 @@ static int cmd_study_distill(int argc, char **argv) {
             row->restored[1 + k] = dr.restored;
             row->trace[1 + k] = xmalloc((size_t)s.draws * sizeof(double), "a trace");
             mean_trace(&r, row->trace[1 + k]);
-            fprintf(csv, "%s,%d,student,%g,%d,%d,%zu,%zu,%s,%.9g,%.9g,%.9g,%d,%s,%.9g,%.6f,%s,%s\n", programs[i],
-                    max_seq_len, shrinks[k], student.cfg.d_model, student.cfg.d_mlp, student.n_params,
-                    model_count_nonzero(&student), loss_name(dr.loss), r.llc_mean, r.llc_std, r.init_loss,
-                    r.n_diverged, loss_name(dr.loss), dr.eval_loss, dr.agreement, dr.restored ? "true" : "false",
-                    student_path);
+            csv_field(csv, programs[i]);
+            fprintf(csv, ",%d,student,%g,%d,%d,%zu,%zu,%s,", max_seq_len, shrinks[k], student.cfg.d_model,
+                    student.cfg.d_mlp, student.n_params, model_count_nonzero(&student), loss_name(dr.loss));
+            csv_number(csv, r.llc_mean, "%.9g");
+            fputc(',', csv);
+            csv_number(csv, r.llc_std, "%.9g");
+            fputc(',', csv);
+            csv_number(csv, r.init_loss, "%.9g");
+            fprintf(csv, ",%d,%s,", r.n_diverged, loss_name(dr.loss));
+            csv_number(csv, dr.eval_loss, "%.9g");
+            fputc(',', csv);
+            csv_number(csv, dr.agreement, "%.6f");
+            fprintf(csv, ",%s,", dr.restored ? "true" : "false");
+            csv_field(csv, student_path);
+            fputc('\n', csv);
             llc_result_free(&r);
             model_free(&student);
         }
@@ -6657,6 +6938,15 @@ static int cmd_landscape(int argc, char **argv) {
     if ((long)ls.batches * ls.batch > n_samples)
         usage_error(&cmd, "--samples (%d) must be at least --batches * --batch (%ld)", n_samples,
                     (long)ls.batches * ls.batch);
+    {
+        CommandFile files[MAX_LANDSCAPES + 4];
+        for (i = 0; i < n_models; i++) files[i] = (CommandFile){"MODEL", paths[i]};
+        files[n_models] = (CommandFile){"--teacher", teacher_arg};
+        files[n_models + 1] = (CommandFile){"--csv", csv_path};
+        files[n_models + 2] = (CommandFile){"--json", json_path};
+        files[n_models + 3] = (CommandFile){"--svg", svg_path};
+        check_outputs_distinct(&cmd, files, n_models + 1, n_models + 4);
+    }
     if ((csv_path && check_writable(csv_path)) || (json_path && check_writable(json_path)) ||
         (svg_path && check_writable(svg_path)))
         return 1;
@@ -6732,7 +7022,10 @@ static int cmd_landscape(int argc, char **argv) {
             int N = lands[i].grid, r, c;
             for (r = 0; r < N; r++)
                 for (c = 0; c < N; c++) {
-                    if (n_models > 1) fprintf(af.f, "%s,", paths[i]);
+                    if (n_models > 1) {
+                        csv_field(af.f, paths[i]);
+                        fputc(',', af.f);
+                    }
                     fprintf(af.f, "%.9g,%.9g,%.9g\n", lands[i].a[c], lands[i].b[r], lands[i].loss[(size_t)r * N + c]);
                 }
         }
@@ -6751,7 +7044,7 @@ static int cmd_landscape(int argc, char **argv) {
         json_int(&js, "grid", ls.grid);
         json_num(&js, "span", ls.span);
         json_str(&js, "scale", ls.scale_by_norm ? "norm" : "raw");
-        json_int(&js, "seed", (long long)ls.seed);
+        json_uint(&js, "seed", ls.seed);
         json_object_end(&js);
         json_array(&js, "landscapes");
         for (i = 0; i < n_models; i++) {
@@ -6863,6 +7156,11 @@ static int cmd_calibrate(int argc, char **argv) {
     if (s.batch > n_samples)
         usage_error(&cmd, "--batch %d is larger than --samples %d; use a batch of at most the samples", s.batch,
                     n_samples);
+    {
+        const CommandFile files[] = {{"MODEL", pos[0]}, {"--teacher", teacher_arg}, {"--csv", csv_path},
+                                     {"--svg", svg_path}};
+        check_outputs_distinct(&cmd, files, 2, 4);
+    }
     if ((csv_path && check_writable(csv_path)) || (svg_path && check_writable(svg_path))) return 1;
     load_model_or_exit(&m, pos[0]);
     has_teacher = load_teacher(&teacher, &m, pos[0], teacher_arg, NULL, 0);
@@ -6912,8 +7210,10 @@ static int cmd_calibrate(int argc, char **argv) {
                 csv_number(af.f, cal.mala[k], "%.6f");
                 fputc(',', af.f);
                 csv_number(af.f, cal.r_hat[k], "%.6f");
-                fprintf(af.f, ",%d,%s,%s,%s,%s\n", cal.n_diverged[k], cal.flat[k] ? "true" : "false",
-                        cal.stable[k] ? "true" : "false", k == cal.best ? "true" : "false", cal.reason[k]);
+                fprintf(af.f, ",%d,%s,%s,%s,", cal.n_diverged[k], cal.flat[k] ? "true" : "false",
+                        cal.stable[k] ? "true" : "false", k == cal.best ? "true" : "false");
+                csv_field(af.f, cal.reason[k]);
+                fputc('\n', af.f);
             }
         if (atomic_commit(&af) != 0) status = 1;
     }
@@ -7121,7 +7421,7 @@ static int write_skipped_job(const char *path, const SweepJob *job, const Estima
     json_int(&j, "every", q->s.every);
     json_int(&j, "batch", q->s.batch);
     json_int(&j, "samples", q->n_samples);
-    json_int(&j, "seed", (long long)q->s.seed);
+    json_uint(&j, "seed", q->s.seed);
     json_object_end(&j);
     json_object_end(&j);
     return atomic_commit(&af);
@@ -7161,8 +7461,8 @@ static int job_settings_match(const char *path, const EstimateRequest *q, double
     struct { const char *key; double want; } numbers[] = {
         {"base_lr", base_lr}, {"lr_ref_params", q->lr_ref_params}, {"nbeta", nbeta},
         {"localization", q->s.localization}, {"chains", q->s.chains}, {"draws", q->s.draws},
-        {"burnin", q->s.burnin}, {"every", q->s.every}, {"batch", q->s.batch}, {"samples", q->n_samples},
-        {"seed", (double)q->s.seed}};
+        {"burnin", q->s.burnin}, {"every", q->s.every}, {"batch", q->s.batch}, {"samples", q->n_samples}};
+    unsigned long long seed;
     size_t k;
     int rc = 0;
     if (!text || json_parse(text, len, &v, &error) != 0) {
@@ -7173,10 +7473,18 @@ static int job_settings_match(const char *path, const EstimateRequest *q, double
     st = json_get(&v, "settings");
     for (k = 0; k < sizeof numbers / sizeof numbers[0] && rc == 0; k++) {
         double got = json_number(st, numbers[k].key, NAN);
-        if (!(fabs(got - numbers[k].want) <= 1e-9 * fabs(numbers[k].want))) {
-            snprintf(why, n, "%s %g there, %g now", numbers[k].key, got, numbers[k].want);
+        /* json_num writes 9 significant digits, which round by up to 5e-9 of the value */
+        if (!(fabs(got - numbers[k].want) <= 1e-8 * fabs(numbers[k].want))) {
+            snprintf(why, n, "%s %.9g there, %.9g now", numbers[k].key, got, numbers[k].want);
             rc = -1;
         }
+    }
+    if (rc == 0 && !json_uint64(st, "seed", &seed)) {
+        snprintf(why, n, "no seed there, %llu now", (unsigned long long)q->s.seed);
+        rc = -1;
+    } else if (rc == 0 && seed != q->s.seed) {
+        snprintf(why, n, "seed %llu there, %llu now", seed, (unsigned long long)q->s.seed);
+        rc = -1;
     }
     loss = json_string(st, "loss_arg");
     if (rc == 0 && (!loss || strcmp(loss, q->loss_arg) != 0)) {
@@ -7196,7 +7504,9 @@ typedef struct {
     char program[64];
     int max_seq_len;
     double n_params, n_nonzero, sparsity, lr, base_lr, nbeta, chains, draws, llc_mean, llc_std, diverged, init_loss,
-        seconds, seed;
+        seconds;
+    unsigned long long seed;
+    int has_seed;
     char lr_scale[16];
     char status[160];
 } ResultRow;
@@ -7233,6 +7543,7 @@ static int collect_results(const char *dir, int *n_bad) {
         JsonValue v;
         const char *error = "unreadable";
         const JsonValue *settings, *diverged;
+        double max_seq_len;
         ResultRow *r;
         if (len < 6 || strcmp(e->d_name + len - 5, ".json") != 0 || e->d_name[0] == '.') continue;
         snprintf(path, sizeof path, "%s/%s", jobs_dir, e->d_name);
@@ -7251,6 +7562,14 @@ static int collect_results(const char *dir, int *n_bad) {
             (*n_bad)++;
             continue;
         }
+        max_seq_len = json_number(&v, "max_seq_len", 0);
+        if (!(max_seq_len >= 0 && max_seq_len <= INT_MAX && max_seq_len == floor(max_seq_len))) {
+            warn("%s has max_seq_len %g, which is not a whole number from 0 to %d; it is left out", path,
+                 max_seq_len, INT_MAX);
+            json_value_free(&v);
+            (*n_bad)++;
+            continue;
+        }
         if (n == cap) {
             cap = cap ? 2 * cap : 64;
             rows = realloc(rows, (size_t)cap * sizeof *rows);
@@ -7261,9 +7580,7 @@ static int collect_results(const char *dir, int *n_bad) {
         settings = json_get(&v, "settings");
         diverged = json_get(&v, "diverged_chains");
         snprintf(r->program, sizeof r->program, "%s", json_string(&v, "program"));
-        for (i = 0; r->program[i]; i++)
-            if (r->program[i] == ',' || r->program[i] == '\n') r->program[i] = ';';   /* keep the CSV well formed */
-        r->max_seq_len = (int)json_number(&v, "max_seq_len", 0);
+        r->max_seq_len = (int)max_seq_len;
         r->n_params = json_number(&v, "n_params", NAN);
         r->n_nonzero = json_number(&v, "n_nonzero", NAN);
         r->sparsity = json_number(&v, "sparsity", NAN);
@@ -7274,15 +7591,13 @@ static int collect_results(const char *dir, int *n_bad) {
         r->nbeta = json_number(settings, "nbeta", NAN);
         r->chains = json_number(settings, "chains", NAN);
         r->draws = json_number(settings, "draws", NAN);
-        r->seed = json_number(settings, "seed", NAN);
+        r->has_seed = json_uint64(settings, "seed", &r->seed);
         r->llc_mean = json_number(&v, "llc_mean", NAN);
         r->llc_std = json_number(&v, "llc_std", NAN);
         r->init_loss = json_number(&v, "init_loss", NAN);
         r->seconds = json_number(&v, "seconds", NAN);
         r->diverged = diverged && diverged->type == JSON_ARRAY ? diverged->n : 0;
         snprintf(r->status, sizeof r->status, "%s", json_string(&v, "status") ? json_string(&v, "status") : "ok");
-        for (i = 0; r->status[i]; i++)
-            if (r->status[i] == ',' || r->status[i] == '\n') r->status[i] = ';';
         json_value_free(&v);
     }
     closedir(d);
@@ -7297,7 +7612,8 @@ static int collect_results(const char *dir, int *n_bad) {
                   "diverged_chains,init_loss,seconds,seed,base_lr,lr_scale,status\n");
     for (i = 0; i < n; i++) {
         const ResultRow *r = &rows[i];
-        fprintf(af.f, "%s,%d,", r->program, r->max_seq_len);
+        csv_field(af.f, r->program);
+        fprintf(af.f, ",%d,", r->max_seq_len);
         csv_number(af.f, r->n_params, "%.0f");
         fputc(',', af.f);
         csv_number(af.f, r->n_nonzero, "%.0f");
@@ -7307,7 +7623,11 @@ static int collect_results(const char *dir, int *n_bad) {
         csv_number(af.f, r->lr, "%.9g");
         fputc(',', af.f);
         csv_number(af.f, r->nbeta, "%.9g");
-        fprintf(af.f, ",%.0f,%.0f,", r->chains, r->draws);
+        fputc(',', af.f);
+        csv_number(af.f, r->chains, "%.0f");
+        fputc(',', af.f);
+        csv_number(af.f, r->draws, "%.0f");
+        fputc(',', af.f);
         csv_number(af.f, r->llc_mean, "%.9g");
         fputc(',', af.f);
         csv_number(af.f, r->llc_std, "%.9g");
@@ -7315,14 +7635,29 @@ static int collect_results(const char *dir, int *n_bad) {
         csv_number(af.f, r->init_loss, "%.9g");
         fputc(',', af.f);
         csv_number(af.f, r->seconds, "%.3f");
-        fprintf(af.f, ",%.0f,%.9g,%s,%s\n", r->seed, r->base_lr, r->lr_scale, r->status);
+        fputc(',', af.f);
+        if (r->has_seed) fprintf(af.f, "%llu", r->seed);
+        fputc(',', af.f);
+        csv_number(af.f, r->base_lr, "%.9g");
+        fputc(',', af.f);
+        csv_field(af.f, r->lr_scale);
+        fputc(',', af.f);
+        csv_field(af.f, r->status);
+        fputc('\n', af.f);
     }
     free(rows);
     if (atomic_commit(&af) != 0) return -1;
     return n;
 }
 
-/* Parses "4:100", "4:100:2" or "5,10,20" (and mixes, "4:9,20") into out. */
+/* The largest max_seq_len of a sweep, the same limit as study-distill's
+ * --max-seq-len. At 100, sort_freq already has 3.2 billion parameters. */
+enum { SWEEP_MAX_SEQ_LEN = 100 };
+
+/* Parses "4:100", "4:100:2" or "5,10,20" (and mixes, "4:9,20") into out.
+ * Every number, the step included, must be in [1, SWEEP_MAX_SEQ_LEN], which
+ * also keeps the loop below from overflowing. Returns -1 when the text is
+ * invalid or gives more than max lengths. */
 static int parse_lengths(const char *text, int *out, int max) {
     int n = 0;
     const char *p = text;
@@ -7339,10 +7674,10 @@ static int parse_lengths(const char *text, int *out, int max) {
             if (*end == ':') {
                 p = end + 1;
                 step = strtol(p, &end, 10);
-                if (end == p || step < 1) return -1;
+                if (end == p || step < 1 || step > SWEEP_MAX_SEQ_LEN) return -1;
             }
         }
-        if (a < 1 || b < a || b > 100000) return -1;
+        if (a < 1 || b < a || b > SWEEP_MAX_SEQ_LEN) return -1;
         for (; a <= b; a += step) {
             if (n == max) return -1;
             out[n++] = (int)a;
@@ -7413,8 +7748,8 @@ static int cmd_sweep(int argc, char **argv) {
     char *programs[MAX_SWEEP_PROGRAMS], *programs_copy, *tok, *save = NULL, models_dir[4200], jobs_dir[4200];
     Option opts[] = {
         {"--programs", OPT_STRING, &programs_text, 0, 0, 0, "P,...", "programs, comma separated (required)", NULL},
-        {"--lengths", OPT_STRING, &lengths_text, 0, 0, 0, "A:B[:S]", "max_seq_len values, e.g. 4:100 or 5,10,20",
-         NULL},
+        {"--lengths", OPT_STRING, &lengths_text, 0, 0, 0, "A:B[:S]",
+         "max_seq_len values from 1 to 100, e.g. 4:100 or 5,10,20", NULL},
         {"--lr", OPT_STRING, &lr_text, 0, 0, 0, "EPS,...", "SGLD step sizes (base values with --lr-scale)", NULL},
         {"--lr-scale", OPT_STRING, &q.lr_scale, 0, 0, 0, "KIND", "divide lr by the relative model size",
          "none|linear|quadratic"},
@@ -7451,8 +7786,8 @@ static int cmd_sweep(int argc, char **argv) {
     if (!out_dir) usage_error(&cmd, "missing --out DIR");
     n_lengths = parse_lengths(lengths_text, lengths, MAX_SWEEP_LENGTHS);
     if (n_lengths < 1)
-        usage_error(&cmd, "--lengths must be like 4:100, 4:100:2 or 5,10,20, with A <= B in A:B and values from 1, "
-                          "got \"%s\"", lengths_text);
+        usage_error(&cmd, "--lengths must be like 4:100, 4:100:2 or 5,10,20, with A <= B in A:B and every value "
+                          "from 1 to %d, got \"%s\"", SWEEP_MAX_SEQ_LEN, lengths_text);
     n_lrs = parse_number_list(lr_text, lrs, MAX_SWEEP_LRS);
     if (n_lrs < 1) usage_error(&cmd, "--lr must be a list of up to %d numbers, got \"%s\"", MAX_SWEEP_LRS, lr_text);
     for (k = 0; k < n_lrs; k++)
@@ -7601,16 +7936,31 @@ static int cmd_collect(int argc, char **argv) {
     return n_bad ? 1 : 0;
 }
 
-/* Splits a CSV line (no quoting) into at most max fields, in place. */
+/* Splits a CSV line into at most max fields, in place, and returns their
+ * number. A field in double quotes (RFC 4180) may contain commas and
+ * doubled double quotes. NOTE: a quoted field that contains a line break
+ * is cut there, because the caller reads one line at a time. */
 static int split_csv(char *line, char **fields, int max) {
     int n = 0;
     char *p = line;
     line[strcspn(line, "\r\n")] = 0;
     while (n < max) {
-        fields[n++] = p;
-        p = strchr(p, ',');
+        if (*p == '"') {
+            char *in = p + 1, *out = p;   /* the unquoted text moves left over the opening quote */
+            fields[n++] = p;
+            while (*in && !(in[0] == '"' && in[1] != '"')) {
+                if (*in == '"') in++;   /* the first of two double quotes */
+                *out++ = *in++;
+            }
+            p = strchr(in, ',');
+            *out = 0;
+        } else {
+            fields[n++] = p;
+            p = strchr(p, ',');
+            if (p) *p = 0;
+        }
         if (!p) break;
-        *p++ = 0;
+        p++;
     }
     return n;
 }

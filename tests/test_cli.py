@@ -345,7 +345,7 @@ def test_distill_refuses_its_teacher_as_output():
     copy = os.path.join(TMP, "teacher_copy.llcw")
     shutil.copy(SORT5, copy)
     result = llc("distill", copy, "-o", copy, "--shrink", 0.5, "--steps", 5)
-    expect_status(result, 2, "is the teacher itself")
+    expect_status(result, 2, "same file as the input TEACHER")
     with open(copy, "rb") as a, open(SORT5, "rb") as b:
         expect(a.read() == b.read(), "the teacher was overwritten")
 

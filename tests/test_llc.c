@@ -1162,6 +1162,124 @@ static void test_json_parse_bounds(void) {
     }
 }
 
+/* Strings in JSON output stay valid UTF-8: each byte outside a valid
+ * sequence becomes \ufffd, and valid sequences pass through. */
+static void test_json_string_invalid_utf8(void) {
+    static const struct { const char *in, *out; } cases[] = {
+        {"plain", "\"plain\""},
+        {"bad\xff.llcw", "\"bad\\ufffd.llcw\""},
+        {"caf\xc3\xa9 \xf0\x9f\x98\x80", "\"caf\xc3\xa9 \xf0\x9f\x98\x80\""},
+        {"\xc0\xaf", "\"\\ufffd\\ufffd\""},                         /* overlong '/' */
+        {"\xed\xa0\x80", "\"\\ufffd\\ufffd\\ufffd\""},                /* surrogate U+D800 */
+        {"\xf4\x90\x80\x80", "\"\\ufffd\\ufffd\\ufffd\\ufffd\""},       /* above U+10FFFF */
+        {"x\xe2\x82", "\"x\\ufffd\\ufffd\""},                        /* cut short at the end */
+        {"\xe2\x82y", "\"\\ufffd\\ufffdy\""},                        /* cut short by ASCII */
+        {"\x80", "\"\\ufffd\""},                                    /* stray continuation byte */
+        {"q\"\\\n", "\"q\\\"\\\\\\n\""}};
+    size_t k;
+    for (k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        char *text = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&text, &len);
+        if (!f) {
+            CHECK(0, "open_memstream failed");
+            return;
+        }
+        json_string_body(f, cases[k].in);
+        fclose(f);
+        CHECK(!strcmp(text, cases[k].out), "case %zu: wrote %s, expected %s", k, text, cases[k].out);
+        free(text);
+    }
+}
+
+/* CSV text fields are quoted (RFC 4180) exactly when they contain a comma,
+ * a double quote, CR or LF. */
+static void test_csv_field_quoting(void) {
+    static const struct { const char *in, *out; } cases[] = {
+        {"sort", "sort"},
+        {"", ""},
+        {"a,b", "\"a,b\""},
+        {"say \"hi\"", "\"say \"\"hi\"\"\""},
+        {"line\nbreak", "\"line\nbreak\""},
+        {"carriage\rreturn", "\"carriage\rreturn\""},
+        {"semi;colon and space", "semi;colon and space"}};
+    size_t k;
+    for (k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        char *text = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&text, &len);
+        if (!f) {
+            CHECK(0, "open_memstream failed");
+            return;
+        }
+        csv_field(f, cases[k].in);
+        fclose(f);
+        CHECK(!strcmp(text, cases[k].out), "case %zu: wrote [%s], expected [%s]", k, text, cases[k].out);
+        free(text);
+    }
+}
+
+/* Numbers written as digits only keep their exact value up to 2^64 - 1,
+ * beyond the 2^53 that a double stores exactly. */
+static void test_json_exact_integers(void) {
+    static const struct { const char *text; int exact; unsigned long long value; } cases[] = {
+        {"{\"seed\": 18446744073709551615}", 1, 18446744073709551615ULL},
+        {"{\"seed\": 9007199254740993}", 1, 9007199254740993ULL},
+        {"{\"seed\": 0}", 1, 0},
+        {"{\"seed\": 18446744073709551616}", 0, 0},
+        {"{\"seed\": -1}", 0, 0},
+        {"{\"seed\": 1e3}", 0, 0},
+        {"{\"seed\": 5.0}", 0, 0},
+        {"{\"seed\": \"5\"}", 0, 0}};
+    size_t k;
+    for (k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        JsonValue v;
+        const char *error = NULL;
+        unsigned long long seed = 0;
+        int exact;
+        if (json_parse(cases[k].text, strlen(cases[k].text), &v, &error) != 0) {
+            CHECK(0, "%s does not parse: %s", cases[k].text, error);
+            continue;
+        }
+        exact = json_uint64(&v, "seed", &seed);
+        CHECK(exact == cases[k].exact, "%s: json_uint64 returned %d", cases[k].text, exact);
+        CHECK(!exact || seed == cases[k].value, "%s: read %llu", cases[k].text, seed);
+        json_value_free(&v);
+    }
+}
+
+/* Outputs count as the same file as another path through "." in the path,
+ * a symbolic link (dangling too) or a hard link, but not when both are one
+ * character device. Only stat looks at /dev/null here. */
+static void test_output_overlaps(void) {
+    char folder[] = "/tmp/llc_test_overlaps.XXXXXX", a[80], b[80], dotted[80], symbolic[80], hard[80];
+    FILE *f;
+    if (!mkdtemp(folder)) {
+        CHECK(0, "mkdtemp failed: %s", strerror(errno));
+        return;
+    }
+    snprintf(a, sizeof a, "%s/a", folder);
+    snprintf(b, sizeof b, "%s/b", folder);
+    snprintf(dotted, sizeof dotted, "%s/./a", folder);
+    snprintf(symbolic, sizeof symbolic, "%s/symbolic", folder);
+    snprintf(hard, sizeof hard, "%s/hard", folder);
+    CHECK(output_overlaps(a, dotted) == 1, "a new file and its path through \".\" differ");
+    CHECK(output_overlaps(a, b) == 0, "two new files in one folder overlap");
+    CHECK(symlink("a", symbolic) == 0, "symlink failed: %s", strerror(errno));
+    CHECK(output_overlaps(symbolic, a) == 1, "a dangling link and its target differ");
+    f = fopen(a, "w");
+    CHECK(f != NULL, "cannot create %s", a);
+    if (f) fclose(f);
+    CHECK(link(a, hard) == 0, "link failed: %s", strerror(errno));
+    CHECK(output_overlaps(hard, a) == 1, "a hard link and its file differ");
+    CHECK(output_overlaps(symbolic, a) == 1, "a link and its existing target differ");
+    CHECK(output_overlaps("/dev/null", "/dev/null") == 0, "/dev/null counts as one file for two outputs");
+    remove(hard);
+    remove(symbolic);
+    remove(a);
+    rmdir(folder);
+}
+
 static void test_default_nbeta(void) {
     CHECK(fabs(sgld_default_nbeta(32) - 32 / log(32.0)) < 1e-12, "B=32");
     CHECK(sgld_default_nbeta(1) == 1.0, "B=1 gives %g", sgld_default_nbeta(1));
@@ -1592,6 +1710,10 @@ int main(int argc, char **argv) {
     run_test("adam two steps", test_adam_two_steps);
     run_test("default nbeta", test_default_nbeta);
     run_test("json parse bounds", test_json_parse_bounds);
+    run_test("json string invalid utf-8", test_json_string_invalid_utf8);
+    run_test("json exact integers", test_json_exact_integers);
+    run_test("csv field quoting", test_csv_field_quoting);
+    run_test("output overlaps", test_output_overlaps);
     run_test("sgld zero noise is descent", test_sgld_zero_noise_is_gradient_descent);
     run_test("sgld seeded repeat and threads", test_sgld_seeded_repeat_and_threads);
     run_test("sgld lost updates", test_sgld_lost_updates);
