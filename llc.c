@@ -6082,6 +6082,19 @@ static int estimate_job(const EstimateRequest *q) {
 
     load_model_or_exit(&m, q->model_path);
     has_teacher = load_teacher(&teacher, &m, q->model_path, q->teacher_path, teacher_used, sizeof teacher_used);
+    if (has_teacher && !q->teacher_path) {
+        /* the teacher recorded in a student is known only now; --teacher was checked with the other inputs */
+        const char *outputs[2] = {q->json_path, q->trace_path};
+        int k;
+        for (k = 0; k < 2; k++) {
+            if (!outputs[k] || !output_overlaps(outputs[k], teacher_used)) continue;
+            fprintf(stderr, "%s: %s is the teacher recorded in %s; write the results to another file\n",
+                    g_program, outputs[k], q->model_path);
+            model_free(&teacher);
+            model_free(&m);
+            return 2;
+        }
+    }
     loss = resolve_loss(q->loss_arg, &m, "estimate");
     s.lr = info.lr = scaled_lr(q->s.lr, q->lr_scale, m.n_params, q->lr_ref_params);
     s.nbeta = q->s.nbeta;

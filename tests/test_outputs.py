@@ -181,6 +181,17 @@ def test_estimate_json_is_teacher_via_link():
     expect_unchanged(teacher, SORT5)
 
 
+def test_estimate_json_is_recorded_teacher():
+    folder = fresh_folder("estimate_recorded_teacher")
+    teacher = copy_model(folder, "teacher.llcw")
+    student = os.path.join(folder, "student.llcw")
+    result = llc("distill", teacher, "-o", student, "--shrink", 0.5, "--steps", 5, "--quiet")
+    expect(result.returncode == 0, result.stderr)
+    result = llc("estimate", student, *TINY, "--json", teacher)
+    expect_status(result, 2, "is the teacher recorded in")
+    expect_unchanged(teacher, SORT5)
+
+
 def test_estimate_outputs_same_new_file():
     folder = fresh_folder("estimate_outputs")
     json_path = os.path.join(folder, "out")
