@@ -5116,7 +5116,8 @@ static int dir_exists(const char *path) {
 static int make_dir(const char *path) {
     if (dir_exists(path)) return 0;
     if (mkdir(path, 0777) != 0) {
-        fprintf(stderr, "%s: cannot create the folder %s: %s\n", g_program, path, strerror(errno));
+        fprintf(stderr, "%s: cannot create the folder %s: %s\n", g_program, path,
+                errno == EEXIST ? "a file of that name exists" : strerror(errno));
         return -1;
     }
     return 0;
@@ -5151,7 +5152,11 @@ static int check_writable(const char *path) {
     if (slash == folder) dir = "/";
     else if (slash) *slash = 0, dir = folder;
     if (!dir_exists(dir)) {
-        fprintf(stderr, "%s: cannot write %s: the folder %s does not exist\n", g_program, path, dir);
+        struct stat st;
+        if (stat(dir, &st) == 0)
+            fprintf(stderr, "%s: cannot write %s: %s is a file, not a folder\n", g_program, path, dir);
+        else
+            fprintf(stderr, "%s: cannot write %s: the folder %s does not exist\n", g_program, path, dir);
         ok = 0;
     } else if (access(dir, W_OK) != 0) {
         fprintf(stderr, "%s: cannot write %s: the folder %s is not writable (%s)\n", g_program, path, dir,

@@ -400,6 +400,9 @@ def test_outputs_checked_before_work():
     start = time.time()
     result = llc("estimate", SORT5, "--draws", 100000, "--json", os.path.join(TMP, "no_such_folder", "x.json"))
     expect_status(result, 1, "no_such_folder", "does not exist")
+    readme = os.path.join(os.path.dirname(WEIGHTS), "README.md")
+    expect_status(llc("estimate", SORT5, "--json", os.path.join(readme, "x.json")), 1, "is a file, not a folder")
+    expect_status(llc("sweep", "--programs", "hist", "--lengths", 5, "--out", readme), 1, "a file of that name exists")
     expect(time.time() - start < 10, "the output folder was checked only after the work")
     expect_status(llc("estimate", SORT5, "--batch", 64, "--samples", 10), 2, "--batch 64", "--samples 10")
 
