@@ -1162,10 +1162,33 @@ static void test_json_parse_bounds(void) {
     }
 }
 
+/* An input string and what a string writer must print for it. */
+typedef struct {
+    const char *in, *out;
+} WriterCase;
+
+/* Runs write on each case's input into memory and compares the text. */
+static void check_string_writer(void (*write)(FILE *, const char *), const WriterCase *cases, size_t n) {
+    size_t k;
+    for (k = 0; k < n; k++) {
+        char *text = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&text, &len);
+        if (!f) {
+            CHECK(0, "open_memstream failed");
+            return;
+        }
+        write(f, cases[k].in);
+        fclose(f);
+        CHECK(!strcmp(text, cases[k].out), "case %zu: wrote [%s], expected [%s]", k, text, cases[k].out);
+        free(text);
+    }
+}
+
 /* Strings in JSON output stay valid UTF-8: each byte outside a valid
  * sequence becomes \ufffd, and valid sequences pass through. */
 static void test_json_string_invalid_utf8(void) {
-    static const struct { const char *in, *out; } cases[] = {
+    static const WriterCase cases[] = {
         {"plain", "\"plain\""},
         {"bad\xff.llcw", "\"bad\\ufffd.llcw\""},
         {"caf\xc3\xa9 \xf0\x9f\x98\x80", "\"caf\xc3\xa9 \xf0\x9f\x98\x80\""},
@@ -1176,26 +1199,13 @@ static void test_json_string_invalid_utf8(void) {
         {"\xe2\x82y", "\"\\ufffd\\ufffdy\""},                        /* cut short by ASCII */
         {"\x80", "\"\\ufffd\""},                                    /* stray continuation byte */
         {"q\"\\\n", "\"q\\\"\\\\\\n\""}};
-    size_t k;
-    for (k = 0; k < sizeof cases / sizeof cases[0]; k++) {
-        char *text = NULL;
-        size_t len = 0;
-        FILE *f = open_memstream(&text, &len);
-        if (!f) {
-            CHECK(0, "open_memstream failed");
-            return;
-        }
-        json_string_body(f, cases[k].in);
-        fclose(f);
-        CHECK(!strcmp(text, cases[k].out), "case %zu: wrote %s, expected %s", k, text, cases[k].out);
-        free(text);
-    }
+    check_string_writer(json_string_body, cases, sizeof cases / sizeof cases[0]);
 }
 
 /* CSV text fields are quoted (RFC 4180) exactly when they contain a comma,
  * a double quote, CR or LF. */
 static void test_csv_field_quoting(void) {
-    static const struct { const char *in, *out; } cases[] = {
+    static const WriterCase cases[] = {
         {"sort", "sort"},
         {"", ""},
         {"a,b", "\"a,b\""},
@@ -1203,20 +1213,7 @@ static void test_csv_field_quoting(void) {
         {"line\nbreak", "\"line\nbreak\""},
         {"carriage\rreturn", "\"carriage\rreturn\""},
         {"semi;colon and space", "semi;colon and space"}};
-    size_t k;
-    for (k = 0; k < sizeof cases / sizeof cases[0]; k++) {
-        char *text = NULL;
-        size_t len = 0;
-        FILE *f = open_memstream(&text, &len);
-        if (!f) {
-            CHECK(0, "open_memstream failed");
-            return;
-        }
-        csv_field(f, cases[k].in);
-        fclose(f);
-        CHECK(!strcmp(text, cases[k].out), "case %zu: wrote [%s], expected [%s]", k, text, cases[k].out);
-        free(text);
-    }
+    check_string_writer(csv_field, cases, sizeof cases / sizeof cases[0]);
 }
 
 /* Numbers written as digits only keep their exact value up to 2^64 - 1,
