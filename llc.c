@@ -7830,7 +7830,10 @@ static int cmd_sweep(int argc, char **argv) {
     weights = weights_dir(weights);
     snprintf(models_dir, sizeof models_dir, "%s/models", out_dir);
     snprintf(jobs_dir, sizeof jobs_dir, "%s/jobs", out_dir);
-    if (make_dir(out_dir) || make_dir(models_dir) || make_dir(jobs_dir)) return 1;
+    if (make_dir(out_dir) || make_dir(models_dir) || make_dir(jobs_dir)) {
+        free(programs_copy);
+        return 1;
+    }
     install_interrupt_handlers();
 
     for (i = 0; i < n_programs && !g_interrupted; i++)
