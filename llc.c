@@ -5179,6 +5179,7 @@ static int same_file(const char *a, const char *b) {
 typedef struct {
     const char *name;
     const char *path;
+    int incomplete;   /* an interrupted run writes this output to path + ".incomplete" instead */
 } CommandFile;
 
 /* Exits with a usage error when an output is the same file as an input or
@@ -5188,6 +5189,7 @@ typedef struct {
 static void check_outputs_distinct(const Command *cmd, const CommandFile *files, int n_inputs, int n_files) {
     int i, j;
     for (i = n_inputs; i < n_files; i++) {
+        char partial[4200];
         if (!files[i].path) continue;
         for (j = 0; j < i; j++) {
             if (!files[j].path || !output_overlaps(files[i].path, files[j].path)) continue;
@@ -5196,6 +5198,16 @@ static void check_outputs_distinct(const Command *cmd, const CommandFile *files,
                             files[i].name, files[i].path, files[j].name, files[j].path, files[i].name);
             usage_error(cmd, "%s %s and %s %s name the same file; give them different files", files[j].name,
                         files[j].path, files[i].name, files[i].path);
+        }
+
+        /* the file an interrupted run writes must not be an input or another output either */
+        if (!files[i].incomplete) continue;
+        snprintf(partial, sizeof partial, "%s.incomplete", files[i].path);
+        for (j = 0; j < n_files; j++) {
+            if (j == i || !files[j].path || !output_overlaps(partial, files[j].path)) continue;
+            usage_error(cmd, "an interrupted run writes %s %s to %s, which is %s %s; rename one of them",
+                        files[i].name, files[i].path, partial, j < n_inputs ? "the input" : "the output",
+                        files[j].name);
         }
     }
 }
@@ -5228,9 +5240,12 @@ static char *relative_path(const char *target, const char *from_dir) {
 }
 
 /* Records teacher_path in the student written to student_path, relative to
- * the student's folder so that the pair can move together. */
+ * the folder of the file written (after symbolic links), so that the pair can
+ * move together. */
 static void record_teacher(Model *student, const char *teacher_path, const char *student_path) {
-    char *folder = xstrdup(student_path), *slash = strrchr(folder, '/'), *rel;
+    char *resolved = resolve_symlinks(student_path);
+    char *folder = xstrdup(resolved ? resolved : student_path), *slash = strrchr(folder, '/'), *rel;
+    free(resolved);
     if (slash == folder) folder[1] = 0;
     else if (slash) *slash = 0;
     else strcpy(folder, ".");
@@ -5623,29 +5638,38 @@ static int check_teacher(const Model *student, const Model *teacher, const char 
 }
 
 /* Loads the teacher named on the command line, or else the one recorded in
- * the student's metadata; a relative path there is taken from the student's
- * folder first, then from the current one. Returns 1 when loaded, 0 when
- * there is none, and stores the path it loaded in used (when not NULL);
- * exits after a message when it cannot be loaded. */
+ * the student's metadata, where a relative path is taken from the folder of
+ * the student file (after symbolic links). Returns 1 when loaded, 0 when
+ * there is none, and stores the path it loaded in used (when not NULL).
+ * outputs are the n_outputs files the command writes (NULL when not given):
+ * a recorded teacher among them is a usage error, as --teacher is for
+ * check_outputs_distinct. Exits after a message when it cannot be loaded. */
 static int load_teacher(Model *teacher, const Model *m, const char *model_path, const char *given, char *used,
-                        size_t used_size) {
+                        size_t used_size, const char *const *outputs, int n_outputs) {
     const char *recorded = model_meta(m, "teacher"), *path = given ? given : recorded;
     char *alt = NULL;
-    int rc;
+    int rc, k;
     if (!path) return 0;
     if (!given && path[0] != '/') {
-        const char *slash = strrchr(model_path, '/');
-        if (slash) {
-            size_t n = (size_t)(slash - model_path) + strlen(path) + 2;
-            alt = xmalloc(n, "a path");
-            snprintf(alt, n, "%.*s/%s", (int)(slash - model_path), model_path, path);
-            if (access(alt, R_OK) == 0) path = alt;
-        }
+        char *student = resolve_symlinks(model_path);
+        const char *real = student ? student : model_path, *slash = strrchr(real, '/');
+        int folder_len = slash ? (int)(slash - real) + 1 : 0;
+        size_t n = (size_t)folder_len + strlen(path) + 1;
+        alt = xmalloc(n, "a path");
+        snprintf(alt, n, "%.*s%s", folder_len, real, path);
+        path = alt;
+        free(student);
     }
     if (!given && access(path, R_OK) != 0) {
-        fprintf(stderr, "%s: the teacher recorded in %s, %s, cannot be opened (%s); give it with --teacher FILE\n",
-                g_program, model_path, recorded, strerror(errno));
+        fprintf(stderr, "%s: the teacher recorded in %s, %s, cannot be opened at %s (%s); give it with --teacher "
+                        "FILE\n", g_program, model_path, recorded, path, strerror(errno));
         exit(1);
+    }
+    for (k = 0; !given && k < n_outputs; k++) {
+        if (!outputs[k] || !output_overlaps(outputs[k], path)) continue;
+        fprintf(stderr, "%s: %s is the teacher recorded in %s; write the output to another file\n", g_program,
+                outputs[k], model_path);
+        exit(2);
     }
     if (same_file(path, model_path)) {
         fprintf(stderr, "%s: %s is its own teacher%s; give the real teacher with --teacher FILE\n", g_program,
@@ -6086,19 +6110,10 @@ static int estimate_job(const EstimateRequest *q) {
     }
 
     load_model_or_exit(&m, q->model_path);
-    has_teacher = load_teacher(&teacher, &m, q->model_path, q->teacher_path, teacher_used, sizeof teacher_used);
-    if (has_teacher && !q->teacher_path) {
-        /* the teacher recorded in a student is known only now; --teacher was checked with the other inputs */
+    {
         const char *outputs[2] = {q->json_path, q->trace_path};
-        int k;
-        for (k = 0; k < 2; k++) {
-            if (!outputs[k] || !output_overlaps(outputs[k], teacher_used)) continue;
-            fprintf(stderr, "%s: %s is the teacher recorded in %s; write the results to another file\n",
-                    g_program, outputs[k], q->model_path);
-            model_free(&teacher);
-            model_free(&m);
-            return 2;
-        }
+        has_teacher = load_teacher(&teacher, &m, q->model_path, q->teacher_path, teacher_used, sizeof teacher_used,
+                                   outputs, 2);
     }
     loss = resolve_loss(q->loss_arg, &m, "estimate");
     s.lr = info.lr = scaled_lr(q->s.lr, q->lr_scale, m.n_params, q->lr_ref_params);
@@ -6337,8 +6352,9 @@ static int cmd_estimate(int argc, char **argv) {
         usage_error(&cmd, "--batch %d is larger than --samples %d; use a batch of at most the samples", q.s.batch,
                     q.n_samples);
     {
-        const CommandFile files[] = {{"MODEL", q.model_path}, {"--teacher", q.teacher_path}, {"--inputs", q.inputs},
-                                     {"--json", q.json_path},  {"--trace", q.trace_path}};
+        const CommandFile files[] = {{"MODEL", q.model_path, 0}, {"--teacher", q.teacher_path, 0},
+                                     {"--inputs", q.inputs, 0},   {"--json", q.json_path, 1},
+                                     {"--trace", q.trace_path, 1}};
         check_outputs_distinct(&cmd, files, 3, 5);
     }
     if ((q.json_path && check_writable(q.json_path) != 0) || (q.trace_path && check_writable(q.trace_path) != 0))
@@ -6534,7 +6550,7 @@ static int cmd_distill(int argc, char **argv) {
     if (!out) usage_error(&cmd, "missing -o STUDENT");
     if (!isfinite(ds.shrink)) usage_error(&cmd, "missing --shrink F");
     {
-        const CommandFile files[] = {{"TEACHER", pos[0]}, {"-o", out}, {"--json", json_path}};
+        const CommandFile files[] = {{"TEACHER", pos[0], 0}, {"-o", out, 1}, {"--json", json_path, 1}};
         check_outputs_distinct(&cmd, files, 1, 3);
     }
     if (check_writable(out) != 0 || (json_path && check_writable(json_path) != 0)) return 1;
@@ -6958,19 +6974,26 @@ static int cmd_landscape(int argc, char **argv) {
                     (long)ls.batches * ls.batch);
     {
         CommandFile files[MAX_LANDSCAPES + 4];
-        for (i = 0; i < n_models; i++) files[i] = (CommandFile){"MODEL", paths[i]};
-        files[n_models] = (CommandFile){"--teacher", teacher_arg};
-        files[n_models + 1] = (CommandFile){"--csv", csv_path};
-        files[n_models + 2] = (CommandFile){"--json", json_path};
-        files[n_models + 3] = (CommandFile){"--svg", svg_path};
+        for (i = 0; i < n_models; i++) files[i] = (CommandFile){"MODEL", paths[i], 0};
+        files[n_models] = (CommandFile){"--teacher", teacher_arg, 0};
+        files[n_models + 1] = (CommandFile){"--csv", csv_path, 0};
+        files[n_models + 2] = (CommandFile){"--json", json_path, 0};
+        files[n_models + 3] = (CommandFile){"--svg", svg_path, 0};
         check_outputs_distinct(&cmd, files, n_models + 1, n_models + 4);
     }
     if ((csv_path && check_writable(csv_path)) || (json_path && check_writable(json_path)) ||
         (svg_path && check_writable(svg_path)))
         return 1;
+    for (i = 0; i <= n_models; i++) {   /* every model's header, so a bad one fails before any work */
+        const char *path = i < n_models ? paths[i] : teacher_arg;
+        ModelConfig cfg;
+        size_t n_params, n_fixed;
+        if (path && model_peek(path, &cfg, &n_params, &n_fixed) != 0) return 1;
+    }
     install_interrupt_handlers();
 
     for (i = 0; i < n_models; i++) {
+        const char *outputs[3] = {csv_path, json_path, svg_path};
         Model m, teacher;
         Dataset d;
         ModelProblem mp;
@@ -6979,7 +7002,7 @@ static int cmd_landscape(int argc, char **argv) {
         Rng rng;
         int has_teacher, rc;
         load_model_or_exit(&m, paths[i]);
-        has_teacher = load_teacher(&teacher, &m, paths[i], teacher_arg, NULL, 0);
+        has_teacher = load_teacher(&teacher, &m, paths[i], teacher_arg, NULL, 0, outputs, 3);
         /* auto: the KL to the model itself has zero gradient at w*, which gives no directions, so a
          * teacher without a reference uses the cross-entropy on its own labels */
         if (!strcmp(loss_arg, "auto") && !has_teacher && m.cfg.output_kind == OUTPUT_CATEGORICAL) loss = LOSS_CE;
@@ -7017,7 +7040,9 @@ static int cmd_landscape(int argc, char **argv) {
         else if (lands[i].random_directions == 1)
             warn("%s: PC2 is a random direction, because the %d centred minibatch gradients of the %s loss vary "
                  "along one direction only", paths[i], ls.batches, loss_name(loss));
-        if (lands[i].min_loss <= lands[i].max_loss)
+        if (rc > 0)
+            printf("incomplete   interrupted before the grid was finished\n");
+        else if (lands[i].min_loss <= lands[i].max_loss)
             printf("loss         %.6g at w*, from %.6g to %.6g on the grid\n", lands[i].centre_loss,
                    lands[i].min_loss, lands[i].max_loss);
         else
@@ -7175,13 +7200,16 @@ static int cmd_calibrate(int argc, char **argv) {
         usage_error(&cmd, "--batch %d is larger than --samples %d; use a batch of at most the samples", s.batch,
                     n_samples);
     {
-        const CommandFile files[] = {{"MODEL", pos[0]}, {"--teacher", teacher_arg}, {"--csv", csv_path},
-                                     {"--svg", svg_path}};
+        const CommandFile files[] = {{"MODEL", pos[0], 0}, {"--teacher", teacher_arg, 0}, {"--csv", csv_path, 0},
+                                     {"--svg", svg_path, 0}};
         check_outputs_distinct(&cmd, files, 2, 4);
     }
     if ((csv_path && check_writable(csv_path)) || (svg_path && check_writable(svg_path))) return 1;
     load_model_or_exit(&m, pos[0]);
-    has_teacher = load_teacher(&teacher, &m, pos[0], teacher_arg, NULL, 0);
+    {
+        const char *outputs[2] = {csv_path, svg_path};
+        has_teacher = load_teacher(&teacher, &m, pos[0], teacher_arg, NULL, 0, outputs, 2);
+    }
     rng_seed(&rng, s.seed);
     dataset_random(&d, &m.cfg, n_samples, &rng);
     dataset_label(&d, has_teacher ? &teacher : &m, s.batch < n_samples ? s.batch : n_samples);

@@ -319,9 +319,10 @@ def test_distill_sigterm_keeps_student():
 
 def test_landscape_interrupt():
     csv_path = os.path.join(TMP, "landscape_interrupted.csv")
-    status, _, stderr = interrupt_after(("landscape", SORT5, "--grid", 301, "--csv", csv_path), "grid, ")
+    status, stdout, stderr = interrupt_after(("landscape", SORT5, "--grid", 301, "--csv", csv_path), "grid, ")
     expect(status == 130, f"exit status {status}, expected 130: {stderr[-300:]}")
     expect(not os.path.exists(csv_path), "an interrupted landscape wrote its grid")
+    expect("incomplete" in stdout and "on the grid" not in stdout, f"summary of a partial grid: {stdout}")
 
 
 def test_calibrate_interrupt():

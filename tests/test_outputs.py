@@ -192,6 +192,68 @@ def test_estimate_json_is_recorded_teacher():
     expect_unchanged(teacher, SORT5)
 
 
+def student_with_teacher(folder):
+    """Distils folder/student.llcw from a copy of sort_n5 at folder/teacher.llcw; returns both paths."""
+    teacher = copy_model(folder, "teacher.llcw")
+    student = os.path.join(folder, "student.llcw")
+    result = llc("distill", teacher, "-o", student, "--shrink", 0.5, "--steps", 5, "--quiet")
+    expect(result.returncode == 0, result.stderr)
+    return teacher, student
+
+
+def test_calibrate_and_landscape_spare_recorded_teacher():
+    folder = fresh_folder("recorded_teacher_outputs")
+    teacher, student = student_with_teacher(folder)
+    result = llc("calibrate", student, "--chains", 2, "--draws", 4, "--samples", 32, "--batch", 8, "--lr-grid", "1e-5",
+                 "--nbeta-grid", 3, "--csv", teacher)
+    expect_status(result, 2, "is the teacher recorded in")
+    result = llc("landscape", student, "--grid", 3, "--batches", 2, "--batch", 8, "--samples", 32, "--svg", teacher)
+    expect_status(result, 2, "is the teacher recorded in")
+    expect_unchanged(teacher, SORT5)
+
+
+def test_recorded_teacher_not_taken_from_working_folder():
+    folder = fresh_folder("recorded_teacher_missing")
+    teacher, student = student_with_teacher(folder)
+    os.remove(teacher)
+    other = fresh_folder("recorded_teacher_elsewhere")
+    shutil.copy(os.path.join(WEIGHTS, "sort_unique_n5.llcw"), os.path.join(other, "teacher.llcw"))
+    result = subprocess.run((LLC, "estimate", student, *[str(a) for a in TINY]), cwd=other, capture_output=True,
+                            text=True)
+    expect_status(result, 1, "the teacher recorded in", "cannot be opened at " + teacher)
+
+
+def test_distill_through_link_records_teacher():
+    folder = fresh_folder("distill_link")
+    teacher = copy_model(folder, "teacher.llcw")
+    os.makedirs(os.path.join(folder, "sub"))
+    link = os.path.join(folder, "link.llcw")
+    os.symlink(os.path.join("sub", "real.llcw"), link)
+    result = llc("distill", teacher, "-o", link, "--shrink", 0.5, "--steps", 5, "--quiet")
+    expect(result.returncode == 0, result.stderr)
+    info = json.loads(llc("info", os.path.join(folder, "sub", "real.llcw"), "--json").stdout)
+    expect(info["meta"]["teacher"] == "../teacher.llcw", f"recorded teacher {info['meta']['teacher']}")
+
+
+def test_incomplete_name_is_input():
+    folder = fresh_folder("incomplete_input")
+    teacher = copy_model(folder, "x.llcw.incomplete")
+    result = llc("distill", teacher, "-o", os.path.join(folder, "x.llcw"), "--shrink", 0.5, "--steps", 5)
+    expect_status(result, 2, "an interrupted run writes -o", "the input TEACHER")
+    json_path = os.path.join(folder, "a")
+    result = llc("estimate", SORT5, *TINY, "--json", json_path, "--trace", json_path + ".incomplete")
+    expect_status(result, 2, "an interrupted run writes --json", "the output --trace")
+    expect_unchanged(teacher, SORT5)
+
+
+def test_landscape_opens_every_model_first():
+    folder = fresh_folder("landscape_missing")
+    missing = os.path.join(folder, "missing.llcw")
+    result = llc("landscape", SORT5, missing, "--grid", 3, "--batches", 2, "--batch", 8, "--samples", 32)
+    expect_status(result, 1, "missing.llcw")
+    expect("model " not in result.stdout, f"the first model was computed before the check: {result.stdout[:200]}")
+
+
 def test_estimate_outputs_same_new_file():
     folder = fresh_folder("estimate_outputs")
     json_path = os.path.join(folder, "out")
