@@ -339,8 +339,11 @@ static void atomic_free(AtomicFile *af) {
 }
 
 static int atomic_commit(AtomicFile *af) {
+    struct stat st;
     int failed = ferror(af->f) != 0;
     failed |= fflush(af->f) != 0;
+    /* a replaced file keeps its permission bits (a new one gets the umask's) */
+    if (!failed && af->tmp_path && stat(af->target, &st) == 0) (void)fchmod(fileno(af->f), st.st_mode & 07777);
     if (!failed && af->tmp_path && fsync(fileno(af->f)) != 0 && errno != EINVAL) failed = 1;   /* EINVAL: cannot sync */
     failed |= fclose(af->f) != 0;
     af->f = NULL;
@@ -770,12 +773,21 @@ static const char *json_string(const JsonValue *v, const char *key) {
     return x && x->type == JSON_STRING ? x->string : NULL;
 }
 
-/* Reads a whole file into memory (NUL-terminated); returns NULL on error. */
+/* Reads a whole regular file into memory (NUL-terminated); returns NULL on
+ * error, with errno EINVAL when path is not a regular file. */
 static char *read_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
+    /* O_NONBLOCK and the check: a FIFO would block, and a folder reads as an error */
+    int fd = open(path, O_RDONLY | O_NONBLOCK);
+    struct stat st;
+    FILE *f;
     char *buf = NULL;
     size_t n = 0, cap = 0;
-    if (!f) return NULL;
+    if (fd < 0) return NULL;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || !(f = fdopen(fd, "rb"))) {
+        close(fd);
+        errno = EINVAL;
+        return NULL;
+    }
     for (;;) {
         size_t got;
         if (n + 4096 + 1 > cap) {
@@ -5162,6 +5174,18 @@ static int check_writable(const char *path) {
         fprintf(stderr, "%s: cannot write %s: the folder %s is not writable (%s)\n", g_program, path, dir,
                 strerror(errno));
         ok = 0;
+    } else {
+        /* the temporary file, and the partial results of an interrupted run, add a suffix to the name */
+        const char *base = strrchr(target, '/') ? strrchr(target, '/') + 1 : target;
+        const size_t suffix = strlen(".incomplete.tmp") + 10;   /* 10: the digits of a process id */
+        long name_max = pathconf(dir, _PC_NAME_MAX);
+        if (name_max <= 0) name_max = 255;
+        if (strlen(base) + suffix > (size_t)name_max) {
+            fprintf(stderr, "%s: cannot write %s: the file name is %zu bytes long, and llc needs a name of at "
+                            "most %ld bytes here to add its suffixes\n", g_program, path, strlen(base),
+                    name_max - (long)suffix);
+            ok = 0;
+        }
     }
     free(folder);
     free(target);
@@ -6201,14 +6225,16 @@ static int estimate_job(const EstimateRequest *q) {
         printf("model        %s (%s, max_seq_len %d)\n", q->model_path, model_program(&m), m.cfg.max_seq_len);
         printf("n_params     %zu (%zu non-zero, sparsity %.6g)\n", m.n_params, info.n_nonzero,
                model_sparsity(&m, info.n_nonzero));
+        const char *reference = "the model itself at w*", *lr_note = "", *nbeta_note = "";
+        if (has_teacher) reference = teacher_used;
+        if (data.labels_from_file && loss != LOSS_KL) reference = "the labels in --inputs";
+        if (strcmp(q->lr_scale, "none")) lr_note = " (scaled)";
+        if (q->lr_auto) lr_note = " (calibrated)";
+        if (s.nbeta <= 0) nbeta_note = " (batch / ln batch)";
+        if (q->lr_auto && q->s.nbeta == 0) nbeta_note = " (calibrated)";
         printf("loss         %s on %d %s, reference %s\n", info.loss, data.n,
-               q->inputs ? "input sequences" : "random inputs",
-               data.labels_from_file && loss != LOSS_KL ? "the labels in --inputs"
-               : has_teacher                            ? teacher_used
-                                                        : "the model itself at w*");
-        printf("sgld         lr %g%s, nbeta %g%s, localization %g, batch %d\n", s.lr,
-               q->lr_auto ? " (calibrated)" : strcmp(q->lr_scale, "none") ? " (scaled)" : "", r.nbeta,
-               q->lr_auto && q->s.nbeta == 0 ? " (calibrated)" : s.nbeta > 0 ? "" : " (batch / ln batch)",
+               q->inputs ? "input sequences" : "random inputs", reference);
+        printf("sgld         lr %g%s, nbeta %g%s, localization %g, batch %d\n", s.lr, lr_note, r.nbeta, nbeta_note,
                s.localization, s.batch);
         printf("chains       %d x %d draws, burn-in %d, every %d, seed %llu\n", s.chains, s.draws, s.burnin, s.every,
                (unsigned long long)s.seed);
@@ -7594,7 +7620,13 @@ static int collect_results(const char *dir, int *n_bad) {
         if (len < 6 || strcmp(e->d_name + len - 5, ".json") != 0 || e->d_name[0] == '.') continue;
         snprintf(path, sizeof path, "%s/%s", jobs_dir, e->d_name);
         text = read_file(path, &text_len);
-        if (!text || json_parse(text, text_len, &v, &error) != 0) {
+        if (!text) {
+            warn("%s cannot be read (%s); it is left out", path,
+                 errno == EINVAL ? "not a regular file" : strerror(errno));
+            (*n_bad)++;
+            continue;
+        }
+        if (json_parse(text, text_len, &v, &error) != 0) {
             warn("%s is not valid JSON (%s); it is left out", path, error);
             free(text);
             (*n_bad)++;
@@ -7648,6 +7680,10 @@ static int collect_results(const char *dir, int *n_bad) {
     }
     closedir(d);
     qsort(rows, (size_t)n, sizeof *rows, compare_rows);
+    for (i = 1; i < n; i++)   /* a job file copied by hand gives a second row of the same job */
+        if (compare_rows(&rows[i - 1], &rows[i]) == 0)
+            warn("%s/jobs holds two results for %s at max_seq_len %d, lr %g (%s); both are kept, so remove the "
+                 "stray file", dir, rows[i].program, rows[i].max_seq_len, rows[i].base_lr, rows[i].lr_scale);
 
     snprintf(path, sizeof path, "%s/results.csv", dir);
     if (atomic_open(&af, path) != 0) {

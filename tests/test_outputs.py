@@ -254,6 +254,26 @@ def test_landscape_opens_every_model_first():
     expect("model " not in result.stdout, f"the first model was computed before the check: {result.stdout[:200]}")
 
 
+def test_replaced_output_keeps_permissions():
+    folder = fresh_folder("permissions")
+    out = os.path.join(folder, "private.json")
+    with open(out, "w") as f:
+        f.write("{}\n")
+    os.chmod(out, 0o600)
+    result = llc("estimate", SORT5, *TINY, "--json", out)
+    expect(result.returncode == 0, result.stderr)
+    mode = stat.S_IMODE(os.stat(out).st_mode)
+    expect(mode == 0o600, f"mode {oct(mode)} after the output was replaced, expected 0o600")
+
+
+def test_long_output_name_rejected_up_front():
+    folder = fresh_folder("long_name")
+    out = os.path.join(folder, "a" * 245 + ".json")
+    result = llc("estimate", SORT5, "--draws", 100000, "--json", out)
+    expect_status(result, 1, "the file name is 250 bytes long")
+    expect("llc_mean" not in result.stdout, "the estimate ran before the name was checked")
+
+
 def test_estimate_outputs_same_new_file():
     folder = fresh_folder("estimate_outputs")
     json_path = os.path.join(folder, "out")
@@ -443,6 +463,27 @@ def test_collect_quotes_text_fields():
     expect(quoted["program"] == program, f"program {quoted['program']!r}")
     expect(quoted["status"] == status, f"status {quoted['status']!r}")
     expect(quoted["lr_scale"] == 'li,ne"ar', f"lr_scale {quoted['lr_scale']!r}")
+
+
+def test_collect_skips_fifo_and_folder():
+    folder = fresh_folder("collect_fifo")
+    os.makedirs(os.path.join(folder, "jobs", "folder.json"))
+    os.mkfifo(os.path.join(folder, "jobs", "fifo.json"))
+    write_job(folder, "a.json", {"program": "sort", "max_seq_len": 6, "settings": {"lr": 1e-5}})
+    result = llc("collect", folder, timeout=30)
+    expect_status(result, 1, "fifo.json cannot be read (not a regular file)",
+                  "folder.json cannot be read (not a regular file)")
+    expect(len(read_csv(os.path.join(folder, "results.csv"))) == 1, "expected the one job's row")
+
+
+def test_collect_warns_about_duplicate_job():
+    folder = fresh_folder("collect_duplicate")
+    os.makedirs(os.path.join(folder, "jobs"))
+    job = {"program": "sort", "max_seq_len": 6, "base_lr": 1e-5, "settings": {"lr": 1e-5, "lr_scale": "none"}}
+    write_job(folder, "sort_n6_lr1e-05.json", job)
+    write_job(folder, "backup.json", job)
+    result = llc("collect", folder)
+    expect_status(result, 0, "holds two results for sort at max_seq_len 6")
 
 
 def test_collect_missing_numbers_empty():
