@@ -2786,6 +2786,14 @@ static const char *token_error(const ModelConfig *c, int id) {
     return "is the padding token, which is not an input token";
 }
 
+/* Writes the model's input tokens (the vocabulary without BOS and padding),
+ * each after a space. */
+static void print_input_tokens(FILE *f, const Model *m) {
+    int id;
+    for (id = 0; id < m->cfg.n_vocab; id++)
+        if (id != m->cfg.bos_id && id != m->cfg.pad_id) fprintf(f, " %s", m->vocab[id]);
+}
+
 /* Reads inputs from a text file: one sequence per line, tokens separated by
  * spaces, BOS not written; optionally "|" and one label per token (an output
  * value, or a number for a numerical output). Blank lines and lines starting
@@ -2848,7 +2856,10 @@ static int dataset_parse(Dataset *d, const Model *m, FILE *f, const char *path) 
         for (tok = strtok_r(line, " \t\r\n", &save); tok; tok = strtok_r(NULL, " \t\r\n", &save)) {
             int id = vocab_lookup(m, tok);
             if (id < 0 || id == c->bos_id || id == c->pad_id) {
-                fprintf(stderr, "%s: %s:%d: token \"%s\" %s\n", g_program, path, lineno, tok, token_error(c, id));
+                fprintf(stderr, "%s: %s:%d: token \"%s\" %s; the input tokens are", g_program, path, lineno, tok,
+                        token_error(c, id));
+                print_input_tokens(stderr, m);
+                fputc('\n', stderr);
                 goto fail;
             }
             if (t > c->max_seq_len) {
@@ -5595,8 +5606,7 @@ static int cmd_run(int argc, char **argv) {
             if (id < 0 || id == c->bos_id || id == c->pad_id) {
                 fprintf(stderr, "llc run: token \"%s\" %s; the input tokens of %s are", pos[j], token_error(c, id),
                         pos[0]);
-                for (id = 0; id < c->n_vocab; id++)
-                    if (id != c->bos_id && id != c->pad_id) fprintf(stderr, " %s", m.vocab[id]);
+                print_input_tokens(stderr, &m);
                 fprintf(stderr, "\n");
                 free(ids);
                 status = 2;
@@ -6176,8 +6186,9 @@ static int estimate_job(const EstimateRequest *q) {
     info.estimated_seconds = estimate_seconds(m.n_params, &m.cfg, &s, data.n);
     /* before the first progress line, so a caller that waits for that line can signal safely */
     install_interrupt_handlers();
-    progress("%s: %zu parameters, loss %s, %d chains x %d draws, lr %g; needs about %s of memory and %s",
-             q->model_path, m.n_params, loss_name(loss), s.chains, s.draws, s.lr,
+    progress("%s: %zu parameters, loss %s, %d %s x %d %s, lr %g; needs about %s of memory and %s",
+             q->model_path, m.n_params, loss_name(loss), s.chains, s.chains == 1 ? "chain" : "chains", s.draws,
+             s.draws == 1 ? "draw" : "draws", s.lr,
              format_bytes(info.memory_bytes, bytes_text, sizeof bytes_text),
              format_seconds(info.estimated_seconds, time_text, sizeof time_text));
     if (q->lr_auto) {
@@ -6614,8 +6625,9 @@ static int cmd_distill(int argc, char **argv) {
             snprintf(partial, n, "%s.incomplete", out);
             student_path = partial;
             model_set_meta(&student, "incomplete", "interrupted before the last step");
-            warn("interrupted after %d of %d steps: the student is written to %s, and %s is unchanged",
-                 r.steps_done, ds.steps, partial, out);
+            warn("interrupted after %d of %d steps: the student is written to %s%s%s%s, and %s is unchanged",
+                 r.steps_done, ds.steps, partial, json_path ? " and the report to " : "", json_path ? json_path : "",
+                 json_path ? ".incomplete" : "", out);
         }
         if (model_save(&student, student_path) != 0) status = 1;
         if (json_path) {
@@ -7995,8 +8007,8 @@ static int cmd_sweep(int argc, char **argv) {
     if (!emit) {
         int n_rows = collect_results(out_dir, &n_bad);
         if (n_rows < 0) status = 1;
-        printf("%s/results.csv: %d rows (%d run now, %d done before, %d skipped up front, %d failed)\n", out_dir,
-               n_rows, n_run, n_done, n_skipped, n_failed);
+        printf("%s/results.csv: %d %s (%d run now, %d done before, %d skipped up front, %d failed)\n", out_dir,
+               n_rows, n_rows == 1 ? "row" : "rows", n_run, n_done, n_skipped, n_failed);
     }
     free(programs_copy);
     if (g_interrupted) {
@@ -8017,7 +8029,7 @@ static int cmd_collect(int argc, char **argv) {
     parse_args(&cmd, opts, argc, argv, pos);
     n = collect_results(pos[0], &n_bad);
     if (n < 0) return 1;
-    printf("%s/results.csv: %d rows\n", pos[0], n);
+    printf("%s/results.csv: %d %s\n", pos[0], n, n == 1 ? "row" : "rows");
     return n_bad ? 1 : 0;
 }
 
