@@ -6027,8 +6027,10 @@ static void write_estimate_json(FILE *f, const EstimateInfo *info, const SgldSet
     json_object_end(&j);
     json_array(&j, "loss_trace");
     for (c = 0; c < r->chains; c++) {
+        /* an interrupted run's rows end at the chain's last draw, not padded with nulls up to --draws */
+        int n = r->interrupted ? r->draws_done[c] : r->draws;
         json_array(&j, NULL);
-        for (d = 0; d < r->draws; d++) json_num(&j, NULL, r->loss_trace[(size_t)c * r->draws + d]);
+        for (d = 0; d < n; d++) json_num(&j, NULL, r->loss_trace[(size_t)c * r->draws + d]);
         json_array_end(&j);
     }
     json_array_end(&j);

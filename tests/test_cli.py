@@ -268,6 +268,8 @@ def test_estimate_interrupt_keeps_previous_output():
     recorded = sum(v is not None for chain in data["loss_trace"] for v in chain)
     expect(0 < done < 2 * draws, f"{done} draws done of {2 * draws}")
     expect(recorded == done, f"{recorded} draws in loss_trace, draws_done says {done}")
+    lengths = [len(chain) for chain in data["loss_trace"]]
+    expect(lengths == data["draws_done"], f"loss_trace rows of {lengths} draws, draws_done {data['draws_done']}")
 
     rows = open(trace + ".incomplete").read().strip().split("\n")
     expect(len(rows) == done + 1, f"the partial trace has {len(rows) - 1} rows for {done} draws")
