@@ -2762,13 +2762,18 @@ static int output_lookup(const Model *m, const char *value) {
     return -1;
 }
 
-/* Reads one line without its newline into buf (size bytes). Returns its
- * length, -1 at the end of the file, -2 for a line that does not fit, -3
- * for a NUL byte and -4 for a read error. */
+/* Reads one line without its line ending (LF, CRLF or a lone CR) into buf
+ * (size bytes). Returns its length, -1 at the end of the file, -2 for a
+ * line that does not fit, -3 for a NUL byte and -4 for a read error. */
 static long read_line(FILE *f, char *buf, size_t size) {
     size_t n = 0;
     int ch;
     while ((ch = getc(f)) != EOF && ch != '\n') {
+        if (ch == '\r') {
+            int next = getc(f);
+            if (next != '\n' && next != EOF) ungetc(next, f);
+            break;
+        }
         if (ch == 0) return -3;
         if (n + 1 >= size) return -2;
         buf[n++] = (char)ch;

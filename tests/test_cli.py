@@ -72,6 +72,11 @@ def test_run_inputs_file():
         f.write("# a comment\n3 1 2\n\n5 4\n")
     result = llc("run", SORT5, "--inputs", path)
     expect(result.stdout.split("\n")[:2] == ["1 2 3", "4 5"], f"output {result.stdout!r}")
+    for ending in ("\r\n", "\r"):
+        with open(path, "w", newline="") as f:
+            f.write(f"3 1 2{ending}5 4{ending}")
+        result = llc("run", SORT5, "--inputs", path)
+        expect(result.stdout.split("\n")[:2] == ["1 2 3", "4 5"], f"line ending {ending!r}: {result.stdout!r}")
 
 
 def estimate_json(*extra):
