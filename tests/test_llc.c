@@ -793,6 +793,38 @@ static double dln_loss_grad(void *chain, const int *samples, int n, real *grad) 
     return loss / ((double)n * q->o);
 }
 
+/* Returns the estimator's problem for q, with w* found from the start w
+ * (n_w values, overwritten) by devinterp's recipe: Adam, lr 0.01, 5000
+ * full-batch steps. */
+static LlcProblem dln_fit(Dln *q, real *w, int n_w) {
+    LlcProblem p;
+    Adam adam;
+    real *g = xmalloc((size_t)n_w * sizeof(real), "g");
+    int *all = xmalloc((size_t)q->n * sizeof(int), "samples"), i, step;
+    void *chain;
+    memset(&p, 0, sizeof p);
+    p.n_params = (size_t)n_w;
+    p.n_samples = q->n;
+    p.ctx = q;
+    p.chain_new = dln_chain_new;
+    p.loss_grad = dln_loss_grad;
+    p.chain_free = poly_chain_free;
+    for (i = 0; i < q->n; i++) all[i] = i;
+
+    chain = p.chain_new(&p, w);
+    adam_init(&adam, (size_t)n_w, 0.01);
+    for (step = 0; step < 5000; step++) {
+        p.loss_grad(chain, all, q->n, g);
+        adam_step(&adam, w, g);
+    }
+    p.chain_free(chain);
+    adam_free(&adam);
+    free(g);
+    free(all);
+    p.w_star = w;
+    return p;
+}
+
 /* devinterp's reduced-rank regression test: Adam (lr 0.01, 5000 full-batch
  * steps) finds w*, then SGLD lr 6e-4, localization 1, nbeta 1000 / ln 1000,
  * 3 chains x 2000 draws; the estimate must be within 40 % of Aoyagi's lambda. */
@@ -803,14 +835,12 @@ static void test_sgld_deep_linear_network(void) {
     g_quiet = 1;
     for (k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         Dln q;
-        int n_w = cases[k].h * cases[k].m + cases[k].o * cases[k].h, i, step, *all;
-        real *w = xmalloc((size_t)n_w * sizeof(real), "w"), *g = xmalloc((size_t)n_w * sizeof(real), "g");
+        int n_w = cases[k].h * cases[k].m + cases[k].o * cases[k].h, i;
+        real *w = xmalloc((size_t)n_w * sizeof(real), "w");
         SgldSettings s = default_settings();
         LlcProblem p;
         LlcResult r;
-        Adam adam;
         Rng rng;
-        void *chain;
         q.m = cases[k].m, q.h = cases[k].h, q.o = cases[k].o, q.n = 1000;
         rng_seed(&rng, 1);
         q.x = xmalloc((size_t)q.n * q.m * sizeof(double), "x");
@@ -820,23 +850,7 @@ static void test_sgld_deep_linear_network(void) {
         for (i = 0; i < q.h * q.m; i++) w[i] = (real)((2 * rng_uniform(&rng) - 1) / sqrt((double)q.m));
         for (; i < n_w; i++) w[i] = (real)((2 * rng_uniform(&rng) - 1) / sqrt((double)q.h));
 
-        p.n_params = (size_t)n_w;
-        p.n_samples = q.n;
-        p.ctx = &q;
-        p.chain_new = dln_chain_new;
-        p.loss_grad = dln_loss_grad;
-        p.chain_free = poly_chain_free;
-        all = xmalloc((size_t)q.n * sizeof(int), "samples");
-        for (i = 0; i < q.n; i++) all[i] = i;
-        chain = p.chain_new(&p, w);
-        adam_init(&adam, (size_t)n_w, 0.01);
-        for (step = 0; step < 5000; step++) {
-            p.loss_grad(chain, all, q.n, g);
-            adam_step(&adam, w, g);
-        }
-        p.chain_free(chain);
-        adam_free(&adam);
-        p.w_star = w;
+        p = dln_fit(&q, w, n_w);
 
         s.lr = 6e-4;
         s.localization = 1.0;
@@ -847,7 +861,7 @@ static void test_sgld_deep_linear_network(void) {
         CHECK(fabs(r.llc_mean - cases[k].lambda) <= 0.4 * cases[k].lambda,
               "widths (%d,%d,%d): llc %.4g, true %.4g", q.m, q.h, q.o, r.llc_mean, cases[k].lambda);
         llc_result_free(&r);
-        free(q.x), free(q.y), free(w), free(g), free(all);
+        free(q.x), free(q.y), free(w);
     }
 }
 
@@ -1358,45 +1372,26 @@ static void test_calibration_normal_crossing(void) {
 
 static void test_calibration_deep_linear_network(void) {
     Dln q;
-    int n_w, i, step, *all, j;
-    real *w, *g;
+    int n_w, i, j;
+    real *w;
     SgldSettings s = default_settings();
     double nbetas[5], base = 1000.0 / log(1000.0), lambda = 6.5;
     Calibration cal;
     LlcProblem p;
     LlcResult r;
-    Adam adam;
     Rng rng;
-    void *chain;
     g_quiet = 1;
     for (j = 0; j < 5; j++) nbetas[j] = base * pow(10.0, (j - 2) / 2.0);
     q.m = 5, q.h = 3, q.o = 5, q.n = 1000;
     n_w = q.h * q.m + q.o * q.h;
     w = xmalloc((size_t)n_w * sizeof(real), "w");
-    g = xmalloc((size_t)n_w * sizeof(real), "g");
     rng_seed(&rng, 1);
     q.x = xmalloc((size_t)q.n * q.m * sizeof(double), "x");
     q.y = xmalloc((size_t)q.n * q.o * sizeof(double), "y");
     for (i = 0; i < q.n * q.m; i++) q.x[i] = rng_normal(&rng);
     for (i = 0; i < q.n * q.o; i++) q.y[i] = rng_normal(&rng);
     for (i = 0; i < n_w; i++) w[i] = (real)((2 * rng_uniform(&rng) - 1) / sqrt(3.0));
-    p.n_params = (size_t)n_w;
-    p.n_samples = q.n;
-    p.ctx = &q;
-    p.chain_new = dln_chain_new;
-    p.loss_grad = dln_loss_grad;
-    p.chain_free = poly_chain_free;
-    all = xmalloc((size_t)q.n * sizeof(int), "samples");
-    for (i = 0; i < q.n; i++) all[i] = i;
-    chain = p.chain_new(&p, w);
-    adam_init(&adam, (size_t)n_w, 0.01);
-    for (step = 0; step < 5000; step++) {
-        p.loss_grad(chain, all, q.n, g);
-        adam_step(&adam, w, g);
-    }
-    p.chain_free(chain);
-    adam_free(&adam);
-    p.w_star = w;
+    p = dln_fit(&q, w, n_w);
 
     s.localization = 1.0;
     s.batch = 1000;
@@ -1417,7 +1412,7 @@ static void test_calibration_deep_linear_network(void) {
         llc_result_free(&r);
     }
     calibration_free(&cal);
-    free(q.x), free(q.y), free(w), free(g), free(all);
+    free(q.x), free(q.y), free(w);
 }
 
 /* ------------------------------------------------------------------------ */
