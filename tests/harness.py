@@ -29,6 +29,14 @@ def expect(condition, message):
         raise AssertionError(message)
 
 
+def expect_status(result, status, *fragments):
+    """Checks a finished llc run's exit status and that its stderr contains each fragment."""
+    expect(result.returncode == status,
+           f"exit status {result.returncode}, expected {status}; stderr: {result.stderr.strip()[:300]}")
+    for fragment in fragments:
+        expect(fragment in result.stderr, f"stderr lacks {fragment!r}: {result.stderr.strip()[:300]}")
+
+
 def llc(*args, binary=LLC, timeout=None):
     """Runs llc with args (converted to strings) and returns the finished process."""
     return subprocess.run((binary,) + tuple(str(a) for a in args), capture_output=True, text=True,

@@ -16,7 +16,7 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 
-from harness import LLC, LLC64, SVG, WEIGHTS, expect, llc, run_tests
+from harness import LLC, LLC64, SVG, WEIGHTS, expect, expect_status, llc, run_tests
 
 SORT5 = os.path.join(WEIGHTS, "sort_n5.llcw")
 sys.path.insert(0, WEIGHTS)
@@ -25,13 +25,6 @@ import compile as tracr_compile  # noqa: E402  (needs the path set above)
 from convert import python_str  # noqa: E402
 
 TMP = tempfile.mkdtemp(prefix="llc-cli-")
-
-
-def expect_status(result, status, *fragments):
-    expect(result.returncode == status,
-           f"exit status {result.returncode}, expected {status}; stderr: {result.stderr.strip()[:300]}")
-    for fragment in fragments:
-        expect(fragment in result.stderr, f"stderr lacks {fragment!r}: {result.stderr.strip()[:300]}")
 
 
 def test_info_json():

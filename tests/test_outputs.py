@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Command-line tests of the files llc writes, on the shipped models only.
 
-Covered: symbolic links, FIFOs and stdout as outputs; outputs that are the
-same file as an input or as another output; seeds up to 2^64 - 1; JSON
-strings from names that are not valid UTF-8; CSV text fields; numbers out
-of range in job files and --lengths.
+The tests write outputs through symbolic links, FIFOs and stdout, and give
+outputs that are the same file as an input or as another output. They also
+cover seeds up to 2^64 - 1, JSON strings from names that are not valid
+UTF-8, CSV text fields, and numbers out of range in job files and
+--lengths.
 
 Usage: python3 tests/test_outputs.py
 Prints one line per test: "ok NAME", "FAIL NAME: why" or "skip NAME: why".
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 
-from harness import LLC, WEIGHTS, expect, llc, run_tests
+from harness import LLC, WEIGHTS, expect, expect_status, llc, run_tests
 
 SORT5 = os.path.join(WEIGHTS, "sort_n5.llcw")
 TINY = ["--chains", 2, "--draws", 4, "--samples", 32, "--batch", 8, "--quiet"]
@@ -32,13 +33,6 @@ def fresh_folder(name):
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder)
     return folder
-
-
-def expect_status(result, status, *fragments):
-    expect(result.returncode == status,
-           f"exit status {result.returncode}, expected {status}; stderr: {result.stderr.strip()[:300]}")
-    for fragment in fragments:
-        expect(fragment in result.stderr, f"stderr lacks {fragment!r}: {result.stderr.strip()[:300]}")
 
 
 def leftover_temporary_files(*folders):
